@@ -66,6 +66,9 @@ class Accumulator:
         if type(other) is not type(self) or other.state.keys() != self.state.keys():
             raise TypeError(f"cannot merge {type(other).__name__} into {type(self).__name__}")
         for key, value in self.state.items():
+            if value.shape != other.state[key].shape:
+                raise TypeError(f"cannot merge {type(self).__name__}: state {key!r} has shape "
+                                f"{tuple(other.state[key].shape)}, expected {tuple(value.shape)}")
             value += other.state[key].to(value.device)
 
     def all_reduce(self) -> None:

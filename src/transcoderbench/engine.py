@@ -1,0 +1,165 @@
+"""The single streaming pass: token batches -> one LM forward -> every transcoder -> accumulators.
+
+The engine knows no metric formulas. It resolves each transcoder's own input and output
+sites, checks widths before any work is done, captures every needed site in one forward pass
+per batch (stopping after the deepest layer needed), drops BOS/PAD/EOS positions, runs each
+transcoder in fp32, and hands the result to that transcoder's accumulators.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from transcoderbench.data import TokenBatch
+from transcoderbench.errors import UserError
+from transcoderbench.lm import LanguageModel, Site, capture, resolve_site
+from transcoderbench.metrics import default_accumulators
+from transcoderbench.metrics.base import Accumulator, TranscoderBatch
+from transcoderbench.progress import progress_bar
+from transcoderbench.transcoders import Transcoder
+
+AccumulatorFactory = Callable[[Transcoder], dict[str, Accumulator]]
+
+
+@dataclass
+class TranscoderRun:
+    """One transcoder in a pass: its resolved sites and the accumulators fed by the pass."""
+
+    name: str
+    transcoder: Transcoder
+    input_site: Site
+    output_site: Site
+    accumulators: dict[str, Accumulator]
+
+    def results(self) -> dict[str, Any]:
+        return {key: acc.result() for key, acc in self.accumulators.items()}
+
+
+@dataclass
+class PassStats:
+    """What the pass actually read (recorded in every output)."""
+
+    n_batches: int = 0
+    n_sequences: int = 0
+    n_positions: int = 0
+    """All token positions read, BOS/PAD/EOS included."""
+    n_tokens_evaluated: int = 0
+    """Positions kept for metrics (BOS, PAD and EOS excluded)."""
+    stopped_early_after_layer: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "n_batches": self.n_batches,
+            "n_sequences": self.n_sequences,
+            "n_positions": self.n_positions,
+            "n_tokens_evaluated": self.n_tokens_evaluated,
+            "n_positions_excluded": self.n_positions - self.n_tokens_evaluated,
+            "excluded_positions": "BOS, PAD and EOS positions are excluded from every metric",
+            "forward_pass_stopped_after_layer": self.stopped_early_after_layer,
+            **self.extra,
+        }
+
+
+def prepare_runs(
+    lm: LanguageModel,
+    transcoders: dict[str, Transcoder],
+    make_accumulators: AccumulatorFactory = default_accumulators,
+) -> list[TranscoderRun]:
+    """Resolve sites, move transcoders to the LM's device in fp32, and check every width.
+
+    Widths are checked with a two-token probe forward, so a transcoder that does not fit its
+    site fails with a clear message before the long pass starts.
+    """
+    runs = []
+    for name, tc in transcoders.items():
+        tc.to(device=lm.device, dtype=torch.float32).eval().requires_grad_(False)
+        runs.append(
+            TranscoderRun(
+                name=name,
+                transcoder=tc,
+                input_site=resolve_site(lm, tc.input_site),
+                output_site=resolve_site(lm, tc.output_site),
+                accumulators=make_accumulators(tc),
+            )
+        )
+    sites = _unique_sites(runs)
+    probe = torch.tensor([[lm.bos_token_id, lm.bos_token_id]], device=lm.device)
+    widths = {name: t.shape[-1] for name, t in capture(lm, probe, None, sites, stop_early=True).items()}
+    for run in runs:
+        tc = run.transcoder
+        for site, want, what in ((run.input_site, tc.d_in, "d_in"), (run.output_site, tc.d_out, "d_out")):
+            if widths[site.name] != want:
+                raise UserError(
+                    f"transcoder '{run.name}' has {what}={want} but site {site.name} of {lm.name} has "
+                    f"width {widths[site.name]}: check --model and --layer (or the checkpoint's sites)"
+                )
+    for run in runs:
+        for acc in run.accumulators.values():
+            for key, value in acc.state.items():
+                acc.state[key] = value.to(lm.device)
+    return runs
+
+
+def _unique_sites(runs: list[TranscoderRun]) -> list[Site]:
+    by_name: dict[str, Site] = {}
+    for run in runs:
+        by_name.setdefault(run.input_site.name, run.input_site)
+        by_name.setdefault(run.output_site.name, run.output_site)
+    return list(by_name.values())
+
+
+def deepest_layer(runs: list[TranscoderRun]) -> int | None:
+    layers = [s.layer for s in _unique_sites(runs) if s.layer is not None]
+    return max(layers) if layers else None
+
+
+def evaluate_batch(run: TranscoderRun, x: Tensor, y: Tensor, seq_ids: Tensor) -> None:
+    """Run one transcoder on kept tokens and feed its accumulators."""
+    tc = run.transcoder
+    f = tc.encode(x)
+    batch = TranscoderBatch(x=x, y=y, f=f, y_hat_prefixes=tc.decode_prefixes(f, x), seq_ids=seq_ids)
+    for acc in run.accumulators.values():
+        acc.update(batch)
+
+
+@torch.no_grad()
+def run_pass(
+    lm: LanguageModel,
+    runs: list[TranscoderRun],
+    batches: Iterable[TokenBatch],
+    *,
+    total_batches: int | None = None,
+    stop_early: bool = True,
+    show_progress: bool = True,
+) -> PassStats:
+    """Stream ``batches`` once through the LM and every transcoder; return what was read."""
+    sites = _unique_sites(runs)
+    stats = PassStats(stopped_early_after_layer=deepest_layer(runs) if stop_early else None)
+    bar = progress_bar(total=total_batches, desc="evaluating", unit="batch", disable=not show_progress)
+    for tb in batches:
+        ids = tb.input_ids.to(lm.device)
+        captured = capture(lm, ids, tb.attention_mask.to(lm.device), sites, stop_early=stop_early)
+        keep = tb.keep.to(lm.device).reshape(-1)
+        seq_ids = tb.seq_index.to(lm.device).repeat_interleave(ids.shape[1])[keep]
+        flat = {name: t.reshape(-1, t.shape[-1])[keep] for name, t in captured.items()}
+        for run in runs:
+            evaluate_batch(run, flat[run.input_site.name], flat[run.output_site.name], seq_ids)
+        stats.n_batches += 1
+        stats.n_sequences += ids.shape[0]
+        stats.n_positions += ids.numel()
+        stats.n_tokens_evaluated += int(keep.sum())
+        bar.update(1)
+        bar.set_postfix(tokens=stats.n_tokens_evaluated)
+    bar.close()
+    if stats.n_tokens_evaluated == 0:
+        raise UserError("the dataset gave no tokens to evaluate: use a larger --dataset or fewer skipped positions")
+    for run in runs:
+        for acc in run.accumulators.values():
+            acc.all_reduce()
+    return stats

@@ -1,0 +1,156 @@
+"""Evaluate one or many transcoders on the same tokens: the library API behind the CLI.
+
+Flow: transcoders -> pick the language model -> resolve and check sites -> stream batches once
+-> per-transcoder metric dicts plus the metadata every output carries (model, sites, dataset,
+token counts, package versions).
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from importlib import metadata as importlib_metadata
+from typing import Any
+
+import torch
+
+from transcoderbench import __version__
+from transcoderbench.data import resolve_text_source, token_batches
+from transcoderbench.engine import AccumulatorFactory, prepare_runs, run_pass
+from transcoderbench.errors import UserError
+from transcoderbench.formats import load_transcoder
+from transcoderbench.lm import LanguageModel, load_language_model, resolve_model_name
+from transcoderbench.metrics import default_accumulators, weight_metrics
+from transcoderbench.options import DataOptions, SelectOptions
+from transcoderbench.transcoders import Transcoder
+
+
+@dataclass
+class EvaluationResult:
+    """Everything one pass measured: shared metadata and one metrics dict per transcoder."""
+
+    meta: dict[str, Any]
+    """Model, dataset, token counts, options and versions (identical for every transcoder)."""
+    metrics: dict[str, dict[str, Any]]
+    """Transcoder name -> JSON-ready metrics (see ``transcoder_metrics``)."""
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that decide the numbers, for every JSON output."""
+    out = {"transcoderbench": __version__, "python": platform.python_version()}
+    for pkg in ("torch", "transformers", "safetensors", "numpy", "huggingface_hub", "datasets"):
+        try:
+            out[pkg] = importlib_metadata.version(pkg)
+        except importlib_metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise UserError(f"--device {device!r} is not a torch device: use cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    return dev
+
+
+def load_transcoders(specs: dict[str, str], select: SelectOptions) -> dict[str, Transcoder]:
+    """Load ``name -> spec``; the readers check weights (NaN/Inf) and the layer choice."""
+    return {name: load_transcoder(spec, layer=select.layer, width=select.width, l0=select.l0) for name, spec in specs.items()}
+
+
+def choose_model(transcoders: dict[str, Transcoder], model: str | None) -> str:
+    """The --model flag, else the one model the transcoders' configs name."""
+    if model:
+        return resolve_model_name(model)
+    named = {n: resolve_model_name(str(tc.info["model_name"])) for n, tc in transcoders.items() if tc.info.get("model_name")}
+    distinct = sorted(set(named.values()))
+    if not distinct:
+        raise UserError("no checkpoint names its language model: pass --model (a hub id, a local directory or smollm2-135m)")
+    if len(distinct) > 1:
+        listing = ", ".join(f"{n}: {m}" for n, m in named.items())
+        raise UserError(f"the transcoders name different models ({listing}): pass --model to choose one")
+    return distinct[0]
+
+
+def transcoder_metrics(name: str, tc: Transcoder, results: dict[str, Any], run_sites: dict[str, Any]) -> dict[str, Any]:
+    """One transcoder's JSON: description, provenance, every metric, and the seed's field names."""
+    rec = results.get("reconstruction", {})
+    sp = results.get("sparsity", {})
+    out: dict[str, Any] = {
+        "name": name,
+        "transcoder": tc.describe(),
+        "source": {k: v for k, v in tc.info.items() if k != "training"},
+        "training": tc.info.get("training"),
+        "sites": run_sites,
+        # Field names the seed's users read in their scripts:
+        "fvu": rec.get("fvu"),
+        "explained_variance": rec.get("explained_variance"),
+        "mean_l0": sp.get("l0_mean"),
+        "dead_percentage": sp.get("dead_percentage"),
+        **results,
+        **weight_metrics(tc),
+    }
+    out["absorption"] = None
+    out["absorption_note"] = (
+        "first-letter absorption is not computed by this version; decoder_redundancy is the metric the "
+        "seed code mislabelled 'absorption score'"
+    )
+    return out
+
+
+def evaluate_transcoders(
+    transcoders: dict[str, Transcoder],
+    data: DataOptions,
+    *,
+    stop_early: bool = True,
+    make_accumulators: AccumulatorFactory = default_accumulators,
+    lm: LanguageModel | None = None,
+    log: Any = None,
+) -> EvaluationResult:
+    """Evaluate every transcoder on exactly the same tokens in one streaming pass."""
+    say = log or (lambda msg: print(msg, file=sys.stderr))
+    if data.batches <= 0 or data.batch_size <= 0 or data.seq_len < 2:
+        raise UserError("--batches and --batch_size must be positive and --seq_len at least 2")
+    if lm is None:
+        model_name = choose_model(transcoders, data.model)
+        say(f"loading language model {model_name} ...")
+        lm = load_language_model(
+            model_name, device=str(resolve_device(data.device)), dtype=data.dtype, trust_remote_code=data.trust_remote_code
+        )
+    runs = prepare_runs(lm, transcoders, make_accumulators)
+    source = resolve_text_source(data.dataset, text_field=data.text_field, trust_remote_code=data.trust_remote_code)
+    planned = data.batches * data.batch_size * data.seq_len
+    say(
+        f"reading up to {planned:,} tokens ({data.batches} batches x {data.batch_size} sequences x {data.seq_len} tokens) "
+        f"from {source.name}; BOS, PAD and EOS positions are excluded from every metric"
+    )
+    batches = token_batches(source, lm.tokenizer, seq_len=data.seq_len, batch_size=data.batch_size, n_batches=data.batches)
+    stats = run_pass(lm, runs, batches, total_batches=data.batches, stop_early=stop_early, show_progress=data.progress)
+    if stats.n_batches < data.batches:
+        say(f"the dataset ran out after {stats.n_batches} of {data.batches} batches")
+    say(f"evaluated {stats.n_tokens_evaluated:,} tokens ({stats.n_positions:,} positions read)")
+    meta = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": lm.describe(),
+        "dataset": source.describe(),
+        "tokens": {"planned_tokens": planned, "seq_len": data.seq_len, "batch_size": data.batch_size, **stats.as_dict()},
+        "options": asdict(data),
+        "versions": package_versions(),
+    }
+    metrics = {}
+    for run in runs:
+        sites = {
+            "input": {"name": run.input_site.name, "module": run.input_site.module_path, "direction": run.input_site.direction,
+                      "normalize": run.input_site.normalize},
+            "output": {"name": run.output_site.name, "module": run.output_site.module_path,
+                       "direction": run.output_site.direction, "normalize": run.output_site.normalize},
+        }
+        metrics[run.name] = transcoder_metrics(run.name, run.transcoder, run.results(), sites)
+    return EvaluationResult(meta=meta, metrics=metrics)

@@ -1,0 +1,302 @@
+"""SAELens directories: ``cfg.json`` + ``sae_weights.safetensors`` (SAELens 6 layout).
+
+Import reads SAELens's inference architectures whose math our classes reproduce exactly:
+``jumprelu``, ``standard`` and ``topk`` SAEs (output site = input site), and the
+``jumprelu_transcoder``, ``jumprelu_skip_transcoder``, ``transcoder`` and ``skip_transcoder``
+classes (input ``metadata.hook_name``, output ``metadata.hook_name_out``). SAELens stores
+``W_skip`` as ``[d_out, d_in]`` and applies ``x @ W_skip.T``; ours is ``[d_in, d_out]``.
+
+Export writes what ``SAE.load_from_disk`` reads (checked against SAELens 6.54): JumpReLU,
+BatchTopK and Matryoshka transcoders as ``jumprelu_transcoder`` (``jumprelu_skip_transcoder``
+with a skip; ``jumprelu`` when input and output site are the same), a BatchTopK scalar threshold
+as a constant per-latent threshold (as SAELens itself saves BatchTopK SAEs), TopK SAEs as
+``topk``. The exact architecture, prefixes and sites go to ``metadata["transcoderbench"]`` so
+our import rebuilds the original object. What SAELens cannot express is refused, not approximated.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import transcoderbench
+from transcoderbench.errors import UserError
+from transcoderbench.formats.common import (
+    as_bool,
+    as_int,
+    atomic_directory,
+    build,
+    check_shapes,
+    json_safe,
+    layer_of_site,
+    load_safetensors,
+    read_json,
+    require_keys,
+    save_safetensors,
+    shape,
+    to_float32,
+    write_json,
+)
+from transcoderbench.transcoders import (
+    ARCHITECTURES,
+    BatchTopKTranscoder,
+    JumpReLUTranscoder,
+    TopKTranscoder,
+    Transcoder,
+)
+
+CFG = "cfg.json"
+WEIGHTS = "sae_weights.safetensors"
+# The SAELens config layout we write; SAELens treats configs without a version >= 6 as old ones
+# and would drop the metadata block.
+SAELENS_CFG_VERSION = "6.0.0"
+_JUMPRELU = {"jumprelu", "jumprelu_transcoder", "jumprelu_skip_transcoder"}
+_RELU = {"standard", "transcoder", "skip_transcoder"}
+_TRANSCODERS = {"jumprelu_transcoder", "jumprelu_skip_transcoder", "transcoder", "skip_transcoder"}
+_SKIP = {"jumprelu_skip_transcoder", "skip_transcoder"}
+SUPPORTED = sorted(_JUMPRELU | _RELU | {"topk"})
+
+
+def is_saelens_dir(directory: Path) -> bool:
+    return (directory / CFG).is_file() and (directory / WEIGHTS).is_file()
+
+
+def _normalize_mode(value: Any) -> str:
+    if value is None or value is False:
+        return "none"
+    if value is True:  # SAELens < 6 wrote a bool
+        return "expected_average_only_in"
+    return str(value)
+
+
+def load_saelens(directory: Path, *, device: str = "cpu") -> Transcoder:
+    """A SAELens SAE or transcoder directory as one of our transcoders (same outputs)."""
+    cfg_path, w_path = directory / CFG, directory / WEIGHTS
+    cfg = read_json(cfg_path)
+    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+
+    def get(key: str) -> Any:
+        return meta[key] if meta.get(key) is not None else cfg.get(key)
+
+    notes: list[str] = []
+    arch = str(cfg.get("architecture") or "standard")
+    if arch not in SUPPORTED:
+        raise UserError(
+            f"{cfg_path}: SAELens architecture {arch!r} is not supported; supported: {', '.join(SUPPORTED)}"
+        )
+    is_tc = arch in _TRANSCODERS
+    ours = meta.get("transcoderbench") if isinstance(meta.get("transcoderbench"), dict) else {}
+
+    hook_in = ours.get("input_site") or get("hook_name") or get("hook_point") or get("hf_hook_name")
+    if not hook_in:
+        raise UserError(f"{cfg_path}: names no hook (metadata.hook_name); it must say which activations the SAE reads")
+    if is_tc:
+        hook_out = ours.get("output_site") or get("hook_name_out") or get("hf_hook_name_out")
+        if not hook_out:
+            raise UserError(f"{cfg_path}: a {arch} with no metadata.hook_name_out; it must name the site it predicts")
+    else:
+        hook_out = ours.get("output_site") or hook_in
+    if str(cfg.get("reshape_activations") or "none") != "none":
+        raise UserError(
+            f"{cfg_path}: reshape_activations {cfg['reshape_activations']!r} (attention-head SAEs) is not supported"
+        )
+
+    raw = load_safetensors(w_path)
+    needed = ["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if arch in _JUMPRELU else [])
+    needed += ["W_skip"] if arch in _SKIP else []
+    require_keys(raw, needed, w_path, hint=f"; expected the weights of a SAELens {arch}")
+    for key in ("scaling_factor", "finetuning_scaling_factor"):
+        if key in raw:
+            if not torch.all(raw[key] == 1):
+                raise UserError(f"{w_path}: has a {key} other than 1, which this reader does not apply; fold it first")
+            notes.append(f"{key} of ones ignored")
+    extra = sorted(k for k in raw if k not in needed and k not in ("scaling_factor", "finetuning_scaling_factor"))
+    if extra:
+        notes.append(f"ignored tensors: {', '.join(extra)}")
+    tensors, dnotes = to_float32({k: raw[k] for k in needed}, w_path)
+    notes += dnotes
+    if "W_skip" in tensors:
+        w_skip, W_dec, W_enc = tensors["W_skip"], tensors["W_dec"], tensors["W_enc"]
+        if W_enc.ndim == 2 and W_dec.ndim == 2 and shape(w_skip) != [W_dec.shape[1], W_enc.shape[0]]:
+            raise UserError(
+                f"{w_path}: W_skip has shape {shape(w_skip)}, expected [d_out, d_in] = [{W_dec.shape[1]}, {W_enc.shape[0]}]"
+            )
+        tensors["W_skip"] = w_skip.T.contiguous()  # SAELens applies x @ W_skip.T
+    d_in = as_int(cfg.get("d_in"), key="d_in", source=cfg_path)
+    check_shapes(
+        tensors,
+        w_path,
+        d_in=d_in,
+        d_sae=as_int(cfg.get("d_sae"), key="d_sae", source=cfg_path),
+        d_out=as_int(cfg.get("d_out"), key="d_out", source=cfg_path) if is_tc else d_in,
+        threshold="vector" if arch in _JUMPRELU else None,
+    )
+
+    apply_b_dec = as_bool(cfg.get("apply_b_dec_to_input", True), key="apply_b_dec_to_input", source=cfg_path)
+    if apply_b_dec and not is_tc:
+        # (x - b_dec) @ W_enc + b_enc == x @ W_enc + (b_enc - b_dec @ W_enc)
+        tensors["b_enc"] = tensors["b_enc"] - tensors["b_dec"] @ tensors["W_enc"]
+        notes.append("apply_b_dec_to_input folded into b_enc (b_enc - b_dec @ W_enc)")
+    mode = _normalize_mode(cfg.get("normalize_activations"))
+    if mode not in ("none", "layer_norm"):
+        raise UserError(
+            f"{cfg_path}: normalize_activations {mode!r} needs a dataset scaling factor this reader does not apply"
+        )
+    if mode == "layer_norm" and is_tc:
+        raise UserError(
+            f"{cfg_path}: a SAELens transcoder with normalize_activations layer_norm standardises its input without "
+            "undoing it, which transcoderbench does not model"
+        )
+    unit_norm = mode == "layer_norm"
+    if unit_norm:
+        notes.append("normalize_activations layer_norm read as input_unit_norm (standardise x, undo on the output)")
+
+    model_name = ours.get("model_name") or get("model_name")
+    training: dict[str, Any] = dict(ours.get("training") or {}) or {
+        k: cfg[k] for k in ("architecture", "k", "d_sae", "dtype") if k in cfg
+    }
+    info = {
+        "format": "saelens",
+        "source": str(directory),
+        "model_name": model_name,
+        "layer": layer_of_site(str(hook_in)),
+        "notes": notes,
+        "training": training,
+    }
+    common: dict[str, Any] = dict(
+        source=w_path,
+        input_site=str(hook_in),
+        output_site=str(hook_out),
+        info=info,
+        device=device,
+        input_unit_norm=unit_norm,
+    )
+
+    if arch == "topk":
+        k = as_int(cfg.get("k"), key="k", source=cfg_path)
+        if k is None:
+            raise UserError(f"{cfg_path}: a topk SAE without k; add k to the config")
+        training.setdefault("top_k", k)  # the name the evaluation summary compares L0 with
+        if as_bool(cfg.get("rescale_acts_by_decoder_norm"), key="rescale_acts_by_decoder_norm", source=cfg_path):
+            norms = tensors["W_dec"].norm(dim=-1)
+            tensors["W_enc"] = tensors["W_enc"] * norms
+            tensors["b_enc"] = tensors["b_enc"] * norms
+            tensors["W_dec"] = tensors["W_dec"] / norms[:, None]
+            notes.append(
+                "rescale_acts_by_decoder_norm folded into the weights (W_enc, b_enc times, W_dec divided by decoder norms)"
+            )
+        return build(TopKTranscoder, tensors, k=k, prefix_ends=ours.get("prefix_ends"), **common)
+
+    if arch in _RELU:
+        threshold = torch.zeros(tensors["W_enc"].shape[1])
+        notes.append(f"SAELens {arch} (ReLU) read as JumpReLU with threshold 0, the same function")
+    else:
+        threshold = tensors.pop("threshold")
+        if (threshold < 0).any():
+            notes.append("negative thresholds raised to 0: SAELens applies ReLU before the threshold mask")
+            threshold = threshold.clamp(min=0)
+
+    wanted = ours.get("architecture")
+    if wanted in ("batchtopk", "matryoshka_batchtopk") and "threshold" in ours:
+        scalar = torch.tensor(float(ours["threshold"]), dtype=torch.float32)
+        if torch.equal(threshold, scalar.clamp(min=0).expand_as(threshold)):
+            return build(
+                ARCHITECTURES[wanted],
+                tensors,
+                threshold=scalar,
+                k=ours.get("k"),
+                prefix_ends=ours.get("prefix_ends"),
+                **common,
+            )
+        notes.append("metadata.transcoderbench ignored: the thresholds no longer match the exported scalar")
+    return build(JumpReLUTranscoder, tensors, threshold=threshold, prefix_ends=ours.get("prefix_ends"), **common)
+
+
+def export_saelens(transcoder: Transcoder, directory: str | Path) -> Path:
+    """Write ``transcoder`` as a SAELens directory, atomically; returns the directory."""
+    directory = Path(directory)
+    tc = transcoder
+    same_site = tc.input_site == tc.output_site and tc.d_in == tc.d_out and tc.W_skip is None
+    where = f"cannot export to {directory}"
+
+    def refuse(why: str) -> UserError:
+        return UserError(f"{where}: {why}; keep it in the native format (save_native) instead")
+
+    if isinstance(tc, TopKTranscoder):
+        if not same_site:
+            raise refuse(
+                "SAELens has no TopK transcoder class (only TopK SAEs whose input and output site are the same)"
+            )
+        arch = "topk"
+    elif isinstance(tc, (JumpReLUTranscoder, BatchTopKTranscoder)):
+        arch = (
+            "jumprelu"
+            if same_site
+            else ("jumprelu_skip_transcoder" if tc.W_skip is not None else "jumprelu_transcoder")
+        )
+    else:
+        raise refuse(f"architecture {tc.architecture!r} has no SAELens counterpart")
+    if tc.input_unit_norm and not same_site:
+        raise refuse(
+            "SAELens transcoders standardise the input but never undo it, so input_unit_norm cannot be expressed"
+        )
+
+    tensors = {
+        k: v.detach().to("cpu", torch.float32)
+        for k, v in tc.tensors().items()
+        if k in ("W_enc", "b_enc", "W_dec", "b_dec")
+    }
+    if isinstance(tc, JumpReLUTranscoder):
+        if (tc.threshold < 0).any():
+            raise refuse("it has negative JumpReLU thresholds, which SAELens's ReLU-then-mask cannot reproduce")
+        tensors["threshold"] = tc.threshold.detach().to("cpu", torch.float32)
+    elif isinstance(tc, BatchTopKTranscoder):
+        tensors["threshold"] = torch.full((tc.d_sae,), float(tc.threshold), dtype=torch.float32)
+    if tc.W_skip is not None:
+        tensors["W_skip"] = tc.W_skip.detach().to("cpu", torch.float32).T.contiguous()
+
+    ours: dict[str, Any] = {
+        "exported_by": f"transcoderbench {transcoderbench.__version__}",
+        "architecture": tc.architecture,
+        "input_site": tc.input_site,
+        "output_site": tc.output_site,
+        "prefix_ends": list(tc.prefix_ends),
+        "model_name": tc.info.get("model_name"),
+        "training": tc.info.get("training"),
+        **tc.hyperparameters(),
+    }
+    if tc.is_matryoshka:
+        ours["prefix_note"] = (
+            "Matryoshka: latents [0, prefix_ends[i]) reconstruct alone; SAELens sees one BatchTopK/JumpReLU dictionary"
+        )
+    metadata: dict[str, Any] = {
+        "sae_lens_version": SAELENS_CFG_VERSION,
+        "sae_lens_training_version": None,
+        "model_name": tc.info.get("model_name"),
+        "hook_name": tc.input_site,
+        "hook_head_index": None,
+        "transcoderbench": ours,
+    }
+    cfg: dict[str, Any] = {
+        "architecture": arch,
+        "d_in": tc.d_in,
+        "d_sae": tc.d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": False,
+        "normalize_activations": "layer_norm" if tc.input_unit_norm else "none",
+        "reshape_activations": "none",
+        "metadata": metadata,
+    }
+    if arch == "topk":
+        cfg.update(k=tc.k, rescale_acts_by_decoder_norm=False)
+    if arch in _TRANSCODERS:
+        cfg["d_out"] = tc.d_out
+        metadata["hook_name_out"] = tc.output_site
+        metadata["hook_head_index_out"] = None
+    with atomic_directory(directory, replaceable=is_saelens_dir, kind="SAELens") as tmp:
+        save_safetensors(tmp / WEIGHTS, tensors)
+        write_json(tmp / CFG, json_safe(cfg))
+    return directory

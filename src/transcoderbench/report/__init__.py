@@ -1,0 +1,1 @@
+"""Outputs a researcher reads: metrics JSON, plain-language summaries, suggestions, comparisons."""

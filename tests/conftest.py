@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny real models, built once per session. Tests never touch the network."""
+
+from __future__ import annotations
+
+import os
+
+# Before transformers/huggingface_hub are imported: they read these once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tiny_models import make_tiny_model_dir  # noqa: E402
+from transcoderbench.lm import LanguageModel, load_language_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``tiny_model_dir(family)`` -> a saved HF model directory, built once per family."""
+    built: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in built:
+            built[family] = make_tiny_model_dir(family, tmp_path_factory.mktemp(f"tiny-{family}"))
+        return built[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_model_dir: Callable[[str], Path]) -> Callable[[str], LanguageModel]:
+    """``tiny_lm(family)`` -> the tiny model loaded in float32 on CPU, shared by the session.
+
+    Tests must not modify it (hooks are always removed by the code under test).
+    """
+    loaded: dict[str, LanguageModel] = {}
+
+    def get(family: str) -> LanguageModel:
+        if family not in loaded:
+            loaded[family] = load_language_model(str(tiny_model_dir(family)))
+        return loaded[family]
+
+    return get
+
