@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import re
 import sys
 from collections.abc import Sequence
@@ -135,6 +136,10 @@ def print_outputs(paths: Sequence[Path]) -> None:
 
 
 # ------------------------------------------------------------------ parser
+# Modules that add further commands: each defines ``register(subparsers)`` and sets ``func``.
+COMMAND_MODULES: list[str] = []
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="transcoderbench",
@@ -169,12 +174,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_flags(cp, SelectOptions)
     add_dataclass_flags(cp, DataOptions)
     cp.set_defaults(func=cmd_compare)
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
+
+
+def quiet_libraries() -> None:
+    """Keep stderr for our own progress bars: no per-load bars or info chatter from transformers."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    quiet_libraries()
     try:
         return int(args.func(args))
     except UserError as exc:

@@ -23,7 +23,8 @@ from transcoderbench.metrics.base import Accumulator, TranscoderBatch
 from transcoderbench.progress import progress_bar
 from transcoderbench.transcoders import Transcoder
 
-AccumulatorFactory = Callable[[Transcoder], dict[str, Accumulator]]
+# (transcoder, n_sequences) -> accumulators; n_sequences bounds the global sequence index, or None.
+AccumulatorFactory = Callable[[Transcoder, "int | None"], dict[str, Accumulator]]
 
 
 @dataclass
@@ -70,6 +71,7 @@ def prepare_runs(
     lm: LanguageModel,
     transcoders: dict[str, Transcoder],
     make_accumulators: AccumulatorFactory = default_accumulators,
+    n_sequences: int | None = None,
 ) -> list[TranscoderRun]:
     """Resolve sites, move transcoders to the LM's device in fp32, and check every width.
 
@@ -85,7 +87,7 @@ def prepare_runs(
                 transcoder=tc,
                 input_site=resolve_site(lm, tc.input_site),
                 output_site=resolve_site(lm, tc.output_site),
-                accumulators=make_accumulators(tc),
+                accumulators=make_accumulators(tc, n_sequences),
             )
         )
     sites = _unique_sites(runs)

@@ -124,7 +124,7 @@ def evaluate_transcoders(
         lm = load_language_model(
             model_name, device=str(resolve_device(data.device)), dtype=data.dtype, trust_remote_code=data.trust_remote_code
         )
-    runs = prepare_runs(lm, transcoders, make_accumulators)
+    runs = prepare_runs(lm, transcoders, make_accumulators, n_sequences=data.batches * data.batch_size)
     source = resolve_text_source(data.dataset, text_field=data.text_field, trust_remote_code=data.trust_remote_code)
     planned = data.batches * data.batch_size * data.seq_len
     say(

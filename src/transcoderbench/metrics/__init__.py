@@ -11,8 +11,12 @@ from transcoderbench.metrics.sparsity import Sparsity
 from transcoderbench.transcoders import Transcoder
 
 
-def default_accumulators(transcoder: Transcoder) -> dict[str, Accumulator]:
-    """The streaming metrics every evaluation runs; ``prefixes`` only for Matryoshka transcoders."""
+def default_accumulators(transcoder: Transcoder, n_sequences: int | None = None) -> dict[str, Accumulator]:
+    """The streaming metrics every evaluation runs; ``prefixes`` only for Matryoshka transcoders.
+
+    ``n_sequences`` is the most sequences the pass can read (global sequence indices are below
+    it), for accumulators that keep per-sequence sums.
+    """
     accumulators: dict[str, Accumulator] = {
         "reconstruction": Reconstruction(transcoder.d_out),
         "sparsity": Sparsity(transcoder.d_sae),

@@ -113,7 +113,7 @@ def metric_lines(m: dict[str, Any]) -> list[str]:
         lines += ["", "Decoder redundancy (formerly mislabelled 'absorption score')"]
         lines.append(f"  {'pairs of latents with |cos| > 0.9':<44} {fmt(red.get('redundant_pair_fraction'), '.3g'):>10}   "
                      "fraction of decoder-row pairs pointing (anti)parallel: duplicated latents")
-        lines.append(f"  {'median max |cos| to another latent':<44} {fmt(red.get('max_abs_cos_median'), '.4f'):>10}   "
+        lines.append(f"  {'median max |cos| to another latent':<44} {fmt(dig(red, ('max_abs_cos', 'median')), '.4f'):>10}   "
                      "how close each latent's output direction is to its nearest neighbour")
     lines += ["", "Absorption"]
     if m.get("absorption") is None:
