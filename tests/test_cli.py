@@ -52,7 +52,7 @@ def assert_user_error(proc: subprocess.CompletedProcess, pattern: str) -> None:
 def test_evaluate_writes_metrics_and_summary(tmp_path, tiny_model_dir):
     model = tiny_model_dir("llama")
     ckpt = native_matryoshka(tmp_path / "ckpt", hidden_size(model), model_name=str(model))
-    proc = run_cli("evaluate", "--checkpoint", str(ckpt), *FAST)
+    proc = run_cli("evaluate", "--checkpoint", str(ckpt), "--no-downstream", *FAST)
     assert proc.returncode == 0, proc.stderr
     out = ckpt / "interpretability_eval"
     assert str(out / "metrics.json") in proc.stdout
@@ -64,6 +64,7 @@ def test_evaluate_writes_metrics_and_summary(tmp_path, tiny_model_dir):
     assert m["fvu"] == m["reconstruction"]["fvu"] and m["mean_l0"] == m["sparsity"]["l0_mean"]
     assert len(m["prefixes"]["per_prefix"]) == 2
     assert "transformers" in m["meta"]["versions"]
+    assert m["meta"]["tokens"]["forward_pass_stopped_after_layer"] == 1 and "downstream" not in m
     summary = (out / "summary.txt").read_text()
     assert "blocks.1.hook_mlp_in" in summary and "BOS, PAD and EOS" in summary and "Suggestions" in summary
     assert "reading up to 64 tokens" in proc.stderr
@@ -168,6 +169,9 @@ def test_builtin_smollm2_end_to_end(tmp_path):
     m = json.loads((ckpt / "interpretability_eval" / "metrics.json").read_text())
     assert m["meta"]["model"]["name"] == "smollm2-135m" and m["meta"]["model"]["n_layers"] == 30
     assert m["meta"]["dataset"]["name"].startswith("builtin:")
-    assert m["meta"]["tokens"]["forward_pass_stopped_after_layer"] == 10
+    assert m["meta"]["tokens"]["forward_pass_stopped_after_layer"] is None  # downstream needs the whole model
+    ds = m["downstream"]
+    assert ds["path"] == "resumed" and len(ds["per_prefix"]) == 2 and ds["n_tokens"] > 0
+    assert 0 < ds["ce_clean"] < ds["ce_zero_ablation"] + 5 and ds["kl_div"] >= 0
     assert m["meta"]["tokens"]["n_tokens_evaluated"] > 0.9 * 3 * 4 * 64
     assert np.isfinite(m["fvu"]) and m["sparsity"]["n_tokens"] == m["meta"]["tokens"]["n_tokens_evaluated"]

@@ -16,8 +16,10 @@ import torch
 from torch import Tensor
 
 from transcoderbench.data import TokenBatch
+from transcoderbench.downstream import SplicePlan, downstream_batch
 from transcoderbench.errors import UserError
 from transcoderbench.lm import LanguageModel, Site, capture, resolve_site
+from transcoderbench.lm.splice import clean_forward
 from transcoderbench.metrics import default_accumulators
 from transcoderbench.metrics.base import Accumulator, TranscoderBatch
 from transcoderbench.progress import progress_bar
@@ -121,13 +123,14 @@ def deepest_layer(runs: list[TranscoderRun]) -> int | None:
     return max(layers) if layers else None
 
 
-def evaluate_batch(run: TranscoderRun, x: Tensor, y: Tensor, seq_ids: Tensor) -> None:
-    """Run one transcoder on kept tokens and feed its accumulators."""
+def evaluate_batch(run: TranscoderRun, x: Tensor, y: Tensor, seq_ids: Tensor) -> TranscoderBatch:
+    """Run one transcoder on kept tokens, feed its accumulators, and return what it computed."""
     tc = run.transcoder
     f = tc.encode(x)
     batch = TranscoderBatch(x=x, y=y, f=f, y_hat_prefixes=tc.decode_prefixes(f, x), seq_ids=seq_ids)
     for acc in run.accumulators.values():
         acc.update(batch)
+    return batch
 
 
 @torch.no_grad()
@@ -139,19 +142,33 @@ def run_pass(
     total_batches: int | None = None,
     stop_early: bool = True,
     show_progress: bool = True,
+    splice: SplicePlan | None = None,
 ) -> PassStats:
-    """Stream ``batches`` once through the LM and every transcoder; return what was read."""
+    """Stream ``batches`` once through the LM and every transcoder; return what was read.
+
+    With a ``splice`` plan (see ``downstream.plan_downstream``) the clean pass runs to the head
+    and every transcoder's reconstruction is also spliced in; otherwise the forward pass stops
+    after the deepest layer any site needs (unless ``stop_early`` is False).
+    """
     sites = _unique_sites(runs)
+    stop_early = stop_early and splice is None
     stats = PassStats(stopped_early_after_layer=deepest_layer(runs) if stop_early else None)
     bar = progress_bar(total=total_batches, desc="evaluating", unit="batch", disable=not show_progress)
     for tb in batches:
         ids = tb.input_ids.to(lm.device)
-        captured = capture(lm, ids, tb.attention_mask.to(lm.device), sites, stop_early=stop_early)
+        attention_mask = tb.attention_mask.to(lm.device)
+        if splice is None:
+            captured = capture(lm, ids, attention_mask, sites, stop_early=stop_early)
+        else:
+            clean = clean_forward(lm, ids, attention_mask, sites, splice.splice_layers, splice.head)
+            captured = clean.sites
         keep = tb.keep.to(lm.device).reshape(-1)
         seq_ids = tb.seq_index.to(lm.device).repeat_interleave(ids.shape[1])[keep]
         flat = {name: t.reshape(-1, t.shape[-1])[keep] for name, t in captured.items()}
-        for run in runs:
-            evaluate_batch(run, flat[run.input_site.name], flat[run.output_site.name], seq_ids)
+        recon = {run.name: evaluate_batch(run, flat[run.input_site.name], flat[run.output_site.name], seq_ids)
+                 for run in runs}
+        if splice is not None:
+            downstream_batch(lm, splice, runs, tb, clean, recon)
         stats.n_batches += 1
         stats.n_sequences += ids.shape[0]
         stats.n_positions += ids.numel()

@@ -7,6 +7,7 @@ token counts, package versions).
 
 from __future__ import annotations
 
+import itertools
 import platform
 import sys
 from dataclasses import asdict, dataclass
@@ -18,12 +19,13 @@ import torch
 
 from transcoderbench import __version__
 from transcoderbench.data import resolve_text_source, token_batches
+from transcoderbench.downstream import plan_downstream
 from transcoderbench.engine import AccumulatorFactory, prepare_runs, run_pass
 from transcoderbench.errors import UserError
 from transcoderbench.formats import load_transcoder
 from transcoderbench.lm import LanguageModel, load_language_model, resolve_model_name
 from transcoderbench.metrics import default_accumulators, weight_metrics
-from transcoderbench.options import DataOptions, SelectOptions
+from transcoderbench.options import DataOptions, DownstreamOptions, SelectOptions
 from transcoderbench.transcoders import Transcoder
 
 
@@ -108,14 +110,20 @@ def transcoder_metrics(name: str, tc: Transcoder, results: dict[str, Any], run_s
 def evaluate_transcoders(
     transcoders: dict[str, Transcoder],
     data: DataOptions,
+    downstream: DownstreamOptions | None = None,
     *,
     stop_early: bool = True,
     make_accumulators: AccumulatorFactory = default_accumulators,
     lm: LanguageModel | None = None,
     log: Any = None,
 ) -> EvaluationResult:
-    """Evaluate every transcoder on exactly the same tokens in one streaming pass."""
+    """Evaluate every transcoder on exactly the same tokens in one streaming pass.
+
+    ``downstream`` defaults to ``DownstreamOptions()`` (spliced loss on); pass
+    ``DownstreamOptions(downstream=False)`` for reconstruction only, which stops the forward early.
+    """
     say = log or (lambda msg: print(msg, file=sys.stderr))
+    downstream = downstream or DownstreamOptions()
     if data.batches <= 0 or data.batch_size <= 0 or data.seq_len < 2:
         raise UserError("--batches and --batch_size must be positive and --seq_len at least 2")
     if lm is None:
@@ -124,7 +132,8 @@ def evaluate_transcoders(
         lm = load_language_model(
             model_name, device=str(resolve_device(data.device)), dtype=data.dtype, trust_remote_code=data.trust_remote_code
         )
-    runs = prepare_runs(lm, transcoders, make_accumulators, n_sequences=data.batches * data.batch_size)
+    n_sequences = data.batches * data.batch_size
+    runs = prepare_runs(lm, transcoders, make_accumulators, n_sequences=n_sequences)
     source = resolve_text_source(data.dataset, text_field=data.text_field, trust_remote_code=data.trust_remote_code)
     planned = data.batches * data.batch_size * data.seq_len
     say(
@@ -132,7 +141,15 @@ def evaluate_transcoders(
         f"from {source.name}; BOS, PAD and EOS positions are excluded from every metric"
     )
     batches = token_batches(source, lm.tokenizer, seq_len=data.seq_len, batch_size=data.batch_size, n_batches=data.batches)
-    stats = run_pass(lm, runs, batches, total_batches=data.batches, stop_early=stop_early, show_progress=data.progress)
+    plan = None
+    if downstream.downstream:
+        first = list(itertools.islice(batches, max(1, downstream.mean_ablation_batches)))
+        say(f"estimating the mean-ablation baseline from {len(first)} batches; then the pass runs the whole model "
+            "(downstream metrics on; --no-downstream stops it early)")
+        plan = plan_downstream(lm, runs, first, n_sequences=n_sequences, variants_per_pass=downstream.variants_per_pass)
+        batches = itertools.chain(first, batches)
+    stats = run_pass(lm, runs, batches, total_batches=data.batches, stop_early=stop_early, show_progress=data.progress,
+                     splice=plan)
     if stats.n_batches < data.batches:
         say(f"the dataset ran out after {stats.n_batches} of {data.batches} batches")
     say(f"evaluated {stats.n_tokens_evaluated:,} tokens ({stats.n_positions:,} positions read)")
@@ -141,7 +158,7 @@ def evaluate_transcoders(
         "model": lm.describe(),
         "dataset": source.describe(),
         "tokens": {"planned_tokens": planned, "seq_len": data.seq_len, "batch_size": data.batch_size, **stats.as_dict()},
-        "options": asdict(data),
+        "options": {**asdict(data), **asdict(downstream)},
         "versions": package_versions(),
     }
     metrics = {}

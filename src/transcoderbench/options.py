@@ -50,3 +50,16 @@ class SelectOptions:
     layer: int | None = opt(None, "layer to evaluate (picks the Gemma Scope layer; must match a checkpoint's own layer)")
     width: str | None = opt(None, "Gemma Scope width folder, e.g. 16k (default: the only one, else an error listing them)")
     l0: str | None = opt(None, "Gemma Scope L0 variant: a number for Gemma Scope 1 (average_l0_X), small/medium/big for Gemma Scope 2 (default: the lowest)")
+
+
+@dataclass
+class DownstreamOptions:
+    """Spliced (downstream) evaluation: next-token loss with each reconstruction in the model."""
+
+    downstream: bool = opt(
+        True,
+        "splice each reconstruction into the model at its output site and measure CE, delta loss, KL and loss "
+        "recovered (--no-downstream skips it and stops the forward pass early)",
+    )
+    mean_ablation_batches: int = opt(2, "batches read first to estimate the mean-ablation baseline")
+    variants_per_pass: int = opt(4, "spliced variants stacked into one pass of the remaining layers (memory vs speed)")

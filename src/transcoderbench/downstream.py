@@ -1,0 +1,176 @@
+"""Spliced evaluation for one batch: build every variant, finish its forward, feed the accumulators.
+
+Per batch, the clean pass runs once for all transcoders. Variants are: each transcoder's nested
+prefixes, plus zero and mean ablation of each distinct output site (shared by the transcoders
+that write there). A variant starts from the clean output of its splice layer and replays only
+the remaining blocks (several variants stacked as one batch); sites where that shortcut does not
+hold use a full forward with a hook. The head then runs in row chunks, so full
+``[B, T, vocab]`` logits never exist for more than one chunk at a time.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from transcoderbench.data import TokenBatch
+from transcoderbench.errors import UserError
+from transcoderbench.lm import LanguageModel, capture
+from transcoderbench.lm.splice import CleanForward, Head, additive_layer, find_head, resume, spliced_forward
+from transcoderbench.metrics.base import TranscoderBatch
+from transcoderbench.metrics.downstream import CLEAN, MEAN, ZERO, Downstream, prefix_column
+
+# Rows of logits computed at once: bounds the head's memory (rows * vocab floats, ~256 MB).
+HEAD_CHUNK_ELEMENTS = 1 << 26
+
+
+@dataclass
+class SplicePlan:
+    """Decided once before the pass: the head, each output site's mean, and each transcoder's path."""
+
+    head: Head
+    site_means: dict[str, Tensor]
+    mean_source: str
+    splice_layer: dict[str, int | None]
+    """Run name -> layer whose output is patched (resumed path), or None (full-forward path)."""
+    variants_per_pass: int = 4
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def splice_layers(self) -> set[int]:
+        return {layer for layer in self.splice_layer.values() if layer is not None}
+
+
+def plan_downstream(
+    lm: LanguageModel, runs: list, mean_batches: list[TokenBatch], *, n_sequences: int | None,
+    variants_per_pass: int = 4,
+) -> SplicePlan:
+    """Find the head, estimate each output site's mean target, and attach a Downstream accumulator per run."""
+    head = find_head(lm)
+    if head is None:
+        raise UserError(
+            f"downstream metrics need {lm.name}'s final norm and unembedding, which were not found or did not "
+            "reproduce the model's logits: pass --no-downstream"
+        )
+    for run in runs:
+        if run.output_site.normalize is not None:
+            raise UserError(
+                f"transcoder '{run.name}' predicts {run.output_site.name}, a normalised view that no module outputs, "
+                "so it cannot be spliced in: pass --no-downstream"
+            )
+    sites = {run.output_site.name: run.output_site for run in runs}
+    sums = {name: None for name in sites}
+    count = 0
+    for tb in mean_batches:
+        got = capture(lm, tb.input_ids.to(lm.device), tb.attention_mask.to(lm.device), list(sites.values()))
+        keep = tb.keep.to(lm.device).reshape(-1)
+        count += int(keep.sum())
+        for name, t in got.items():
+            s = t.reshape(-1, t.shape[-1])[keep].double().sum(0)
+            sums[name] = s if sums[name] is None else sums[name] + s
+    if count == 0:
+        raise UserError("no tokens to estimate the mean-ablation baseline: use more --batches")
+    means = {name: (s / count).float() for name, s in sums.items()}
+    plan = SplicePlan(
+        head=head,
+        site_means=means,
+        mean_source=f"mean of the output site over the first {len(mean_batches)} batches ({count:,} tokens), "
+                    "estimated in a short pass before the evaluation (those batches are also evaluated)",
+        splice_layer={run.name: additive_layer(lm, run.output_site) for run in runs},
+        variants_per_pass=variants_per_pass,
+    )
+    for run in runs:
+        acc = Downstream(run.transcoder.prefix_ends, n_sequences)
+        acc.state = {k: v.to(lm.device) for k, v in acc.state.items()}
+        if plan.splice_layer[run.name] is None:
+            acc.path = "full_forward"
+            acc.notes.append(f"{run.output_site.name} is not an additive block output, so each variant ran a full "
+                             "forward with a hook (slower)")
+        else:
+            acc.path = "resumed"
+            acc.notes.append(f"variants resumed from the clean output of layer {plan.splice_layer[run.name]}")
+        acc.notes.append(plan.mean_source)
+        acc.notes.append("the reconstruction replaces the site at kept positions only (BOS, PAD and EOS keep their "
+                         "clean values)")
+        run.accumulators["downstream"] = acc
+    return plan
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+@torch.no_grad()
+def downstream_batch(
+    lm: LanguageModel, plan: SplicePlan, runs: list, tb: TokenBatch, clean: CleanForward,
+    recon: dict[str, TranscoderBatch],
+) -> None:
+    """All spliced variants of one batch, and their CE/KL sums into each run's Downstream."""
+    ids = tb.input_ids.to(lm.device)
+    keep = tb.keep.to(lm.device)
+    B, T = ids.shape
+    keep_flat = keep.reshape(-1)
+    # Position t predicts token t+1; it counts when that token is kept.
+    b_idx, t_idx = keep[:, 1:].nonzero(as_tuple=True)
+    rows = b_idx * T + t_idx
+    labels = ids[b_idx, t_idx + 1]
+    seq_ids = tb.seq_index.to(lm.device)[b_idx]
+    d = clean.final_hidden.shape[-1]
+
+    # Each variant: (splice target y at kept rows, its replacement, the run giving the site, consumers).
+    targets: dict[tuple, tuple] = {}
+    consumers: dict[tuple, list[tuple[Downstream, str]]] = defaultdict(list)
+    for run in runs:
+        acc = run.accumulators["downstream"]
+        y = recon[run.name].y
+        site = run.output_site.name
+        for kind, column in (("zero", ZERO), ("mean", MEAN)):
+            key = (kind, site)
+            if key not in targets:
+                value = torch.zeros_like(y) if kind == "zero" else plan.site_means[site].expand_as(y)
+                targets[key] = (y, value, run)
+            consumers[key].append((acc, column))
+        for p, end in enumerate(run.transcoder.prefix_ends):
+            key = ("prefix", run.name, p)
+            targets[key] = (y, recon[run.name].y_hat_prefixes[p], run)
+            consumers[key].append((acc, prefix_column(end)))
+
+    final_rows: dict[tuple, Tensor] = {}
+    by_layer: dict[int, list[tuple[tuple, Tensor]]] = defaultdict(list)
+    for key, (y, value, run) in targets.items():
+        layer = plan.splice_layer[run.name]
+        if layer is not None:
+            base = clean.block_outputs[layer]
+            h = base.reshape(-1, d).float().clone()
+            h[keep_flat] += value - y
+            by_layer[layer].append((key, h.to(base.dtype).reshape(B, T, d)))
+        else:
+            replacement = clean.sites[run.output_site.name].reshape(-1, y.shape[-1]).clone()
+            replacement[keep_flat] = value
+            final = spliced_forward(lm, ids, tb.attention_mask.to(lm.device), run.output_site,
+                                    replacement.reshape(B, T, -1), plan.head)
+            final_rows[key] = final.reshape(-1, d)[rows]
+    for layer, items in by_layer.items():
+        for group in _chunks(items, plan.variants_per_pass):
+            finals = resume(lm, clean, layer, torch.cat([h for _, h in group]))
+            for (key, _), final in zip(group, finals.split(B)):
+                final_rows[key] = final.reshape(-1, d)[rows]
+
+    clean_rows = clean.final_hidden.reshape(-1, d)[rows]
+    vocab = lm.model.get_output_embeddings().weight.shape[0]
+    step = max(1, HEAD_CHUNK_ELEMENTS // vocab)
+    accs = [run.accumulators["downstream"] for run in runs]
+    for start in range(0, rows.numel(), step):
+        sl = slice(start, start + step)
+        clean_logp = torch.log_softmax(plan.head(clean_rows[sl]), dim=-1)
+        for acc in accs:
+            acc.update_column(CLEAN, clean_logp, None, labels[sl], seq_ids[sl])
+        for key, frows in final_rows.items():
+            logp = torch.log_softmax(plan.head(frows[sl]), dim=-1)
+            for acc, column in consumers[key]:
+                acc.update_column(column, clean_logp, logp, labels[sl], seq_ids[sl])
