@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from transcoderbench.errors import UserError
-from transcoderbench.options import DataOptions, SelectOptions
+from transcoderbench.options import DataOptions, DownstreamOptions, SelectOptions
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -84,7 +84,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     out_dir = check_output_dir(Path(args.output_dir) if args.output_dir else default_eval_dir(args.checkpoint))
     transcoders = load_transcoders({args.name: args.checkpoint}, options_from(args, SelectOptions))
-    result = evaluate_transcoders(transcoders, options_from(args, DataOptions))
+    result = evaluate_transcoders(transcoders, options_from(args, DataOptions), options_from(args, DownstreamOptions))
     m = result.metrics[args.name]
     written = write_files(out_dir, {"metrics.json": {"meta": result.meta, **m},
                                     "summary.txt": evaluation_summary(result.meta, m)})
@@ -121,7 +121,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out_dir = check_output_dir(Path(args.output_dir))
     specs = parse_named_specs(args)
     transcoders = load_transcoders(specs, options_from(args, SelectOptions))
-    result = evaluate_transcoders(transcoders, options_from(args, DataOptions))
+    result = evaluate_transcoders(transcoders, options_from(args, DataOptions), options_from(args, DownstreamOptions))
     files: dict[str, Any] = {f"{name}_metrics.json": {"meta": result.meta, **m} for name, m in result.metrics.items()}
     files["comparison.json"] = comparison_record(result.meta, result.metrics)
     files["summary.txt"] = comparison_summary(result.meta, result.metrics)
@@ -159,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
              help="where to write metrics.json and summary.txt (default: CHECKPOINT/interpretability_eval)")
     add_dataclass_flags(ev, SelectOptions)
     add_dataclass_flags(ev, DataOptions)
+    add_dataclass_flags(ev, DownstreamOptions)
     ev.set_defaults(func=cmd_evaluate)
 
     cp = sub.add_parser("compare", help="compare transcoders on the same tokens",
@@ -173,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
              help="output directory (default: analysis_results/interpretability_comparison)")
     add_dataclass_flags(cp, SelectOptions)
     add_dataclass_flags(cp, DataOptions)
+    add_dataclass_flags(cp, DownstreamOptions)
     cp.set_defaults(func=cmd_compare)
 
     for module in COMMAND_MODULES:
