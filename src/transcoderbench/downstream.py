@@ -22,7 +22,15 @@ from transcoderbench.errors import UserError
 from transcoderbench.lm import LanguageModel, capture
 from transcoderbench.lm.splice import CleanForward, Head, additive_layer, find_head, resume, spliced_forward
 from transcoderbench.metrics.base import TranscoderBatch
-from transcoderbench.metrics.downstream import CLEAN, MEAN, ZERO, Downstream, prefix_column
+from transcoderbench.metrics.downstream import (
+    CLEAN,
+    MEAN,
+    ZERO,
+    Downstream,
+    next_token_ce,
+    next_token_losses,
+    prefix_column,
+)
 
 # Rows of logits computed at once: bounds the head's memory (rows * vocab floats, ~256 MB).
 HEAD_CHUNK_ELEMENTS = 1 << 26
@@ -168,9 +176,10 @@ def downstream_batch(
     for start in range(0, rows.numel(), step):
         sl = slice(start, start + step)
         clean_logp = torch.log_softmax(plan.head(clean_rows[sl]), dim=-1)
+        ce_clean = next_token_ce(clean_logp, labels[sl])
         for acc in accs:
-            acc.update_column(CLEAN, clean_logp, None, labels[sl], seq_ids[sl])
+            acc.update_column(CLEAN, ce_clean, torch.zeros_like(ce_clean), seq_ids[sl])
         for key, frows in final_rows.items():
-            logp = torch.log_softmax(plan.head(frows[sl]), dim=-1)
+            ce, kl = next_token_losses(clean_logp, torch.log_softmax(plan.head(frows[sl]), dim=-1), labels[sl])
             for acc, column in consumers[key]:
-                acc.update_column(column, clean_logp, logp, labels[sl], seq_ids[sl])
+                acc.update_column(column, ce, kl, seq_ids[sl])

@@ -25,13 +25,18 @@ def prefix_column(end: int) -> str:
     return f"prefix_{end}"
 
 
+def next_token_ce(logp: Tensor, labels: Tensor) -> Tensor:
+    """Per row: cross-entropy of ``labels`` under the log-probabilities ``logp``."""
+    return -logp.gather(-1, labels[:, None]).squeeze(-1)
+
+
 def next_token_losses(clean_logp: Tensor, logp: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Per row: cross-entropy of ``labels`` under ``logp`` and KL(p_clean || p), both from log-probs.
 
     KL is computed in log space (``exp(lp_clean) * (lp_clean - lp)``), which stays finite where
     the variant gives a token vanishing probability.
     """
-    ce = -logp.gather(-1, labels[:, None]).squeeze(-1)
+    ce = next_token_ce(logp, labels)
     kl = torch.nn.functional.kl_div(logp, clean_logp, log_target=True, reduction="none").sum(-1)
     return ce, kl
 
@@ -65,14 +70,13 @@ class Downstream(Accumulator):
     def update(self, batch: TranscoderBatch) -> None:
         """Reconstruction batches carry no logits: this accumulator is fed by ``update_column``."""
 
-    def update_column(self, column: str, clean_logp: Tensor, logp: Tensor | None, labels: Tensor, seq_ids: Tensor) -> None:
-        """Add one chunk of rows for ``column`` (``logp=None`` for the clean column itself)."""
+    def update_column(self, column: str, ce: Tensor, kl: Tensor, seq_ids: Tensor) -> None:
+        """Add one chunk of per-row CE and KL (from ``next_token_losses``) to ``column``.
+
+        The engine computes them once per spliced variant and feeds every transcoder that
+        shares the variant (e.g. the ablations of a common output site).
+        """
         i = self.columns.index(column)
-        if logp is None:
-            ce = -clean_logp.gather(-1, labels[:, None]).squeeze(-1)
-            kl = torch.zeros_like(ce)
-        else:
-            ce, kl = next_token_losses(clean_logp, logp, labels)
         ce, kl = ce.double(), kl.double()
         dev = self.state["ce_sum"].device
         self.state["ce_sum"][i] += ce.sum().to(dev)

@@ -1,0 +1,63 @@
+"""Reconstruction-only evaluation with and without stopping the forward pass early.
+
+Runs the same transcoder over the same batches of the built-in corpus on SmolLM2 twice in one
+process, alternating the two modes to share warm-up and noise, and prints the wall times and
+their ratio.
+
+    python benchmarks/early_stop.py --layer 10 --batches 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from transcoderbench.data import resolve_text_source, token_batches
+from transcoderbench.engine import prepare_runs, run_pass
+from transcoderbench.lm import load_language_model
+from transcoderbench.transcoders import MatryoshkaTranscoder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--layer", type=int, default=10)
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--seq_len", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lm = load_language_model(args.model)
+    d = lm.d_model
+    g = torch.Generator().manual_seed(0)
+    tc = MatryoshkaTranscoder(torch.randn(d, 4 * d, generator=g) * 0.05, torch.zeros(4 * d),
+                              torch.randn(4 * d, d, generator=g) * 0.02, torch.zeros(d),
+                              input_site=f"blocks.{args.layer}.hook_mlp_in", output_site=f"blocks.{args.layer}.hook_mlp_out",
+                              prefix_ends=[d, 2 * d, 4 * d], threshold=0.1)
+    batches = list(token_batches(resolve_text_source(None), lm.tokenizer, seq_len=args.seq_len,
+                                 batch_size=args.batch_size, n_batches=args.batches))
+    times: dict[bool, list[float]] = {True: [], False: []}
+    results = {}
+    for _ in range(args.repeats):
+        for stop in (True, False):
+            runs = prepare_runs(lm, {"tc": tc})
+            start = time.perf_counter()
+            run_pass(lm, runs, batches, stop_early=stop, show_progress=False)
+            times[stop].append(time.perf_counter() - start)
+            results[stop] = runs[0].results()["reconstruction"]["fvu"]
+    assert results[True] == results[False], "early stop changed the metrics"
+    early, full = min(times[True]), min(times[False])
+    tokens = len(batches) * args.batch_size * args.seq_len
+    print(f"model {args.model}, layer {args.layer} of {lm.n_layers}, {tokens:,} tokens, torch threads {torch.get_num_threads()}")
+    print(f"early stop after layer {args.layer}: {early:7.2f} s  ({tokens / early:,.0f} tokens/s)   [best of {args.repeats}]")
+    print(f"full forward:               {full:7.2f} s  ({tokens / full:,.0f} tokens/s)   [best of {args.repeats}]")
+    print(f"speed-up from stopping early: {full / early:.2f}x (identical FVU: {results[True]:.6f})")
+
+
+if __name__ == "__main__":
+    main()
