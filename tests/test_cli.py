@@ -83,7 +83,12 @@ def test_compare_writes_every_output(tmp_path, tiny_model_dir):
     proc = run_cli("compare", "--ours_checkpoint", str(ours), "--transcoder", f"jr={other}", "--model", str(model),
                    "--output-dir", str(out), *FAST)
     assert proc.returncode == 0, proc.stderr
-    assert {"comparison.json", "ours_metrics.json", "jr_metrics.json", "summary.txt"} <= {p.name for p in out.iterdir()}
+    assert {"comparison.json", "ours_metrics.json", "jr_metrics.json", "summary.txt", "report.html"} <= {
+        p.name for p in out.iterdir()}
+    written = (out / "report.html").read_text()
+    rebuilt = run_cli("report", str(out))
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert (out / "report.html").read_text() == written  # rebuilt from the JSON alone, byte for byte
     cmp = json.loads((out / "comparison.json").read_text())
     a = json.loads((out / "ours_metrics.json").read_text())
     b = json.loads((out / "jr_metrics.json").read_text())

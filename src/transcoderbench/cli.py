@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from transcoderbench.errors import UserError
+from transcoderbench.metrics.bootstrap import BootstrapOptions
 from transcoderbench.options import DataOptions, DownstreamOptions, SelectOptions
 
 
@@ -84,11 +85,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     out_dir = check_output_dir(Path(args.output_dir) if args.output_dir else default_eval_dir(args.checkpoint))
     transcoders = load_transcoders({args.name: args.checkpoint}, options_from(args, SelectOptions))
-    result = evaluate_transcoders(transcoders, options_from(args, DataOptions), options_from(args, DownstreamOptions))
+    result = evaluate_transcoders(transcoders, options_from(args, DataOptions), options_from(args, DownstreamOptions),
+                                  options_from(args, BootstrapOptions))
     m = result.metrics[args.name]
-    written = write_files(out_dir, {"metrics.json": {"meta": result.meta, **m},
-                                    "summary.txt": evaluation_summary(result.meta, m)})
-    print_outputs(written)
+    files = {"metrics.json": {"meta": result.meta, **m}, "summary.txt": evaluation_summary(result.meta, m)}
+    print_outputs(write_files(out_dir, with_report(files, result.meta, {args.name: m})))
     return 0
 
 
@@ -121,12 +122,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out_dir = check_output_dir(Path(args.output_dir))
     specs = parse_named_specs(args)
     transcoders = load_transcoders(specs, options_from(args, SelectOptions))
-    result = evaluate_transcoders(transcoders, options_from(args, DataOptions), options_from(args, DownstreamOptions))
+    result = evaluate_transcoders(transcoders, options_from(args, DataOptions), options_from(args, DownstreamOptions),
+                                  options_from(args, BootstrapOptions))
     files: dict[str, Any] = {f"{name}_metrics.json": {"meta": result.meta, **m} for name, m in result.metrics.items()}
     files["comparison.json"] = comparison_record(result.meta, result.metrics)
     files["summary.txt"] = comparison_summary(result.meta, result.metrics)
-    print_outputs(write_files(out_dir, files))
+    print_outputs(write_files(out_dir, with_report(files, result.meta, result.metrics, files["comparison.json"])))
     return 0
+
+
+def with_report(files: dict[str, Any], meta: dict[str, Any], metrics: dict[str, Any],
+                comparison: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Add report.html, rendered from exactly what the JSON files will hold (so all files are
+    written together, and ``transcoderbench report DIR`` rebuilds the same page)."""
+    import json
+
+    from transcoderbench.report.html import REPORT_NAME, render_report
+    from transcoderbench.report.outputs import json_ready
+
+    data = json.loads(json.dumps(json_ready({"meta": meta, "metrics": metrics, "comparison": comparison})))
+    return {**files, REPORT_NAME: render_report(data["meta"], data["metrics"], data["comparison"])}
 
 
 def print_outputs(paths: Sequence[Path]) -> None:
@@ -137,7 +152,7 @@ def print_outputs(paths: Sequence[Path]) -> None:
 
 # ------------------------------------------------------------------ parser
 # Modules that add further commands: each defines ``register(subparsers)`` and sets ``func``.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["transcoderbench.report.commands"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_flags(ev, SelectOptions)
     add_dataclass_flags(ev, DataOptions)
     add_dataclass_flags(ev, DownstreamOptions)
+    add_dataclass_flags(ev, BootstrapOptions)
     ev.set_defaults(func=cmd_evaluate)
 
     cp = sub.add_parser("compare", help="compare transcoders on the same tokens",
@@ -175,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_flags(cp, SelectOptions)
     add_dataclass_flags(cp, DataOptions)
     add_dataclass_flags(cp, DownstreamOptions)
+    add_dataclass_flags(cp, BootstrapOptions)
     cp.set_defaults(func=cmd_compare)
 
     for module in COMMAND_MODULES:

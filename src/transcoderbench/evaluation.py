@@ -7,6 +7,7 @@ token counts, package versions).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import platform
 import sys
@@ -25,6 +26,7 @@ from transcoderbench.errors import UserError
 from transcoderbench.formats import load_transcoder
 from transcoderbench.lm import LanguageModel, load_language_model, resolve_model_name
 from transcoderbench.metrics import default_accumulators, weight_metrics
+from transcoderbench.metrics.bootstrap import BootstrapOptions, attach_uncertainty
 from transcoderbench.options import DataOptions, DownstreamOptions, SelectOptions
 from transcoderbench.transcoders import Transcoder
 
@@ -111,6 +113,7 @@ def evaluate_transcoders(
     transcoders: dict[str, Transcoder],
     data: DataOptions,
     downstream: DownstreamOptions | None = None,
+    bootstrap: BootstrapOptions | None = None,
     *,
     stop_early: bool = True,
     make_accumulators: AccumulatorFactory = default_accumulators,
@@ -124,6 +127,9 @@ def evaluate_transcoders(
     """
     say = log or (lambda msg: print(msg, file=sys.stderr))
     downstream = downstream or DownstreamOptions()
+    bootstrap = (bootstrap or BootstrapOptions()).check()
+    if make_accumulators is default_accumulators:
+        make_accumulators = functools.partial(default_accumulators, bootstrap=bootstrap)
     if data.batches <= 0 or data.batch_size <= 0 or data.seq_len < 2:
         raise UserError("--batches and --batch_size must be positive and --seq_len at least 2")
     if lm is None:
@@ -158,7 +164,7 @@ def evaluate_transcoders(
         "model": lm.describe(),
         "dataset": source.describe(),
         "tokens": {"planned_tokens": planned, "seq_len": data.seq_len, "batch_size": data.batch_size, **stats.as_dict()},
-        "options": {**asdict(data), **asdict(downstream)},
+        "options": {**asdict(data), **asdict(downstream), **asdict(bootstrap)},
         "versions": package_versions(),
     }
     metrics = {}
@@ -170,4 +176,5 @@ def evaluate_transcoders(
                        "direction": run.output_site.direction, "normalize": run.output_site.normalize},
         }
         metrics[run.name] = transcoder_metrics(run.name, run.transcoder, run.results(), sites)
+    attach_uncertainty({run.name: run.accumulators for run in runs}, metrics, bootstrap)
     return EvaluationResult(meta=meta, metrics=metrics)

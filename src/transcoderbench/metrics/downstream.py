@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from transcoderbench.metrics.base import Accumulator, TranscoderBatch
+from transcoderbench.metrics.per_sequence import downstream_ratios
 
 CLEAN, ZERO, MEAN = "clean", "zero_ablation", "mean_ablation"
 
@@ -64,6 +65,8 @@ class Downstream(Accumulator):
         self.per_sequence_fields = ["n_tokens"] + [f"ce_{col}" for col in self.columns] + [f"kl_{col}" for col in self.columns]
         if n_sequences:
             self.state["per_sequence"] = torch.zeros(n_sequences, len(self.per_sequence_fields), dtype=torch.float64)
+        # Headline metrics as ratios of the per-sequence columns, for bootstrap intervals.
+        self.ratio_metrics = downstream_ratios(self.prefix_ends)
         self.path: str = "resumed"
         self.notes: list[str] = []
 

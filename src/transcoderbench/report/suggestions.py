@@ -26,6 +26,28 @@ THRESHOLDS: dict[str, float] = {
     "last_group_fvu_gain_low": 0.005,
     # Norm of the reconstruction systematically below the target (shrinkage), heuristic.
     "relative_bias_low": 0.9,
+    # Splicing the reconstruction in raises the model's loss by more than this fraction of
+    # the clean loss (heuristic).
+    "delta_loss_relative_high": 0.1,
+    # Mean first-letter absorption fraction above this (heuristic).
+    "absorption_high": 0.2,
+    # Half-width of the FVU interval above this fraction of FVU: the evaluation is too short
+    # to tell close transcoders apart (heuristic).
+    "fvu_interval_relative_wide": 0.05,
+}
+
+#: Where each threshold comes from (shown in the report and the docs).
+THRESHOLD_SOURCES: dict[str, str] = {
+    "fvu_high": "this project's heuristic",
+    "dead_fraction_high": "this project's heuristic",
+    "dense_fraction_high": "this project's heuristic (dense = firing on more than 10% of tokens)",
+    "l0_vs_k_relative": "this project's requirement for its own trainer (inference L0 within 20% of top_k)",
+    "redundant_latent_fraction_high": "this project's heuristic",
+    "last_group_fvu_gain_low": "this project's heuristic",
+    "relative_bias_low": "this project's heuristic",
+    "delta_loss_relative_high": "this project's heuristic",
+    "absorption_high": "this project's heuristic",
+    "fvu_interval_relative_wide": "this project's heuristic",
 }
 
 
@@ -102,7 +124,7 @@ def suggest(metrics: dict[str, Any]) -> list[Suggestion]:
             "near-duplicate decoder rows usually split one feature across several latents instead of learning new ones",
         ))
     prefixes = (metrics.get("prefixes") or {}).get("per_prefix") or []
-    if len(prefixes) >= 2:
+    if len(prefixes) >= 2 and prefixes[-2].get("fvu") is not None and prefixes[-1].get("fvu") is not None:
         gain = prefixes[-2]["fvu"] - prefixes[-1]["fvu"]
         if gain < t["last_group_fvu_gain_low"]:
             out.append(Suggestion(
@@ -120,6 +142,41 @@ def suggest(metrics: dict[str, Any]) -> list[Suggestion]:
             f"(flagged below {t['relative_bias_low']}).",
             "train longer or raise lr; check the decoder bias initialisation (b_dec from the data mean)",
             "a bias below 1 means the transcoder shrinks its outputs, as an under-trained or over-regularised one does",
+        ))
+    ds = metrics.get("downstream") or {}
+    dl, ce = ds.get("delta_loss"), ds.get("ce_clean")
+    if dl is not None and ce and dl / ce > t["delta_loss_relative_high"]:
+        low_fvu = fvu is not None and fvu <= t["fvu_high"]
+        out.append(Suggestion(
+            "delta_loss_relative_high",
+            f"splicing the reconstruction in raises the loss by {dl:.4f} nats, {dl / ce:.1%} of the clean loss "
+            f"{ce:.4f} (flagged above {t['delta_loss_relative_high']:.0%})"
+            + (f", although FVU is only {fvu:.3f}." if low_fvu else "."),
+            "first check that the transcoder's output site is the one it was trained on; then fine-tune with a "
+            "KL/next-token loss through the model (end-to-end) or raise dict_size/top_k",
+            "an FVU that looks good while the loss suffers means the errors fall in directions the later layers "
+            "read; matching the loss directly trains those directions" if low_fvu else
+            "the model's later layers see the reconstruction error; more capacity lowers it",
+        ))
+    ab = metrics.get("absorption")
+    frac = ab.get("mean_absorption_fraction") if isinstance(ab, dict) else None
+    if frac is not None and frac > t["absorption_high"]:
+        out.append(Suggestion(
+            "absorption_high",
+            f"mean first-letter absorption fraction is {frac:.3f} (flagged above {t['absorption_high']}).",
+            "use Matryoshka groups (or give the first groups fewer latents), or reduce dict_size",
+            "absorption grows as wider dictionaries learn specific latents that swallow general ones; nested "
+            "prefixes make the early latents reconstruct alone, which keeps general features whole",
+        ))
+    iv = ((metrics.get("uncertainty") or {}).get("intervals") or {}).get("fvu") or {}
+    if fvu and iv.get("low") is not None and (iv["high"] - iv["low"]) / 2 / fvu > t["fvu_interval_relative_wide"]:
+        half = (iv["high"] - iv["low"]) / 2
+        out.append(Suggestion(
+            "fvu_interval_relative_wide",
+            f"the FVU interval is ±{half:.4f} around {fvu:.4f} ({half / fvu:.0%} of the value; flagged above "
+            f"{t['fvu_interval_relative_wide']:.0%}).",
+            "evaluation setting, not training: raise --batches (or --batch_size) before acting on small differences",
+            "the interval shrinks like one over the square root of the number of sequences evaluated",
         ))
     return out
 

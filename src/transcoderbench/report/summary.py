@@ -5,49 +5,28 @@ from __future__ import annotations
 import textwrap
 from typing import Any
 
+from transcoderbench.report.catalog import (
+    METRICS,
+    MetricInfo,
+    dig,
+    fmt,
+    fmt_interval,
+    interval_of,
+    prefix_rows,
+)
 from transcoderbench.report.suggestions import suggest
 
-# (section, key path, label, format, explanation). Explanations are one short sentence each.
-METRIC_LINES: list[tuple[str, tuple[str, ...], str, str, str]] = [
-    ("Reconstruction", ("reconstruction", "fvu"), "FVU", ".4f",
-     "fraction of the target's variance left unexplained, pooled over tokens and dimensions (0 is perfect, 1 is "
-     "no better than always predicting the mean)"),
-    ("Reconstruction", ("reconstruction", "explained_variance"), "explained variance", ".4f", "1 - FVU"),
-    ("Reconstruction", ("reconstruction", "explained_variance_legacy"), "explained variance, legacy per-token form", ".4f",
-     "mean over tokens of 1 - error/variance with each batch's own mean, as older tools compute it; depends on batch "
-     "size, shown only to compare with those tools"),
-    ("Reconstruction", ("reconstruction", "mse"), "MSE per element", ".4g", "mean squared error per output dimension"),
-    ("Reconstruction", ("reconstruction", "mae"), "MAE per element", ".4g", "mean absolute error per output dimension"),
-    ("Reconstruction", ("reconstruction", "cosine_similarity"), "cosine similarity", ".4f",
-     "mean over tokens of the cosine between target and reconstruction (1 = same direction)"),
-    ("Reconstruction", ("reconstruction", "l2_ratio"), "L2 ratio", ".4f",
-     "mean over tokens of |reconstruction| / |target| (1 = same size)"),
-    ("Reconstruction", ("reconstruction", "relative_reconstruction_bias"), "relative reconstruction bias", ".4f",
-     "E|y_hat|^2 / E<y, y_hat>; below 1 means reconstructions shrink, above 1 that they overshoot"),
-    ("Sparsity", ("sparsity", "l0_mean"), "mean L0", ".2f", "average number of latents active per token"),
-    ("Sparsity", ("sparsity", "l0_median"), "median L0", ".1f", "median number of active latents per token"),
-    ("Sparsity", ("sparsity", "l0_std"), "L0 std", ".2f", "spread of the number of active latents across tokens"),
-    ("Sparsity", ("sparsity", "dead_percentage"), "dead latents (%)", ".2f",
-     "latents that fired on none of the evaluated tokens"),
-    ("Sparsity", ("sparsity", "dense_fraction"), "dense latents (fraction)", ".4f",
-     "latents that fire on more than 10% of tokens"),
+__all__ = [
+    "dig",
+    "evaluation_summary",
+    "fmt",
+    "header_lines",
+    "headline_fields",
+    "metric_lines",
+    "suggestion_lines",
+    "transcoder_lines",
+    "uncertainty_line",
 ]
-
-
-def dig(d: dict[str, Any], path: tuple[str, ...]) -> Any:
-    for key in path:
-        if not isinstance(d, dict) or key not in d:
-            return None
-        d = d[key]
-    return d
-
-
-def fmt(value: Any, spec: str) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, (int, float)):
-        return format(value, spec)
-    return str(value)
 
 
 def header_lines(meta: dict[str, Any], title: str) -> list[str]:
@@ -67,9 +46,16 @@ def header_lines(meta: dict[str, Any], title: str) -> list[str]:
         f"({tok.get('n_batches')} batches x {tok.get('batch_size')} sequences x {tok.get('seq_len')} tokens); "
         "BOS, PAD and EOS positions excluded",
         "forward:  " + (f"stopped after layer {stop} (later layers not needed)" if stop is not None else "full forward pass"),
-        f"versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+        "versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
         "",
     ]
+
+
+def source_text(src: dict[str, Any]) -> str:
+    """Where a transcoder was loaded from (or that it was built in memory)."""
+    if not src.get("source"):
+        return "built in memory (not loaded from a checkpoint)"
+    return f"loaded from {src.get('source')} ({src.get('format')} format)"
 
 
 def transcoder_lines(m: dict[str, Any]) -> list[str]:
@@ -79,7 +65,7 @@ def transcoder_lines(m: dict[str, Any]) -> list[str]:
     lines = [
         f"transcoder {m.get('name')}: {tc.get('architecture')}, d_in {tc.get('d_in')} -> d_sae {tc.get('d_sae')} -> "
         f"d_out {tc.get('d_out')}" + (f", nested prefixes {tc.get('prefix_ends')}" if len(tc.get("prefix_ends", [])) > 1 else ""),
-        f"  loaded from {src.get('source')} ({src.get('format')} format)",
+        f"  {source_text(src)}",
     ]
     for side in ("input", "output"):
         s = sites.get(side, {})
@@ -90,34 +76,81 @@ def transcoder_lines(m: dict[str, Any]) -> list[str]:
     return lines
 
 
+def absorption_value(m: dict[str, Any]) -> tuple[Any, str]:
+    """(value, note) for the seed's ``absorption`` field: first-letter absorption or why it is missing."""
+    ab = m.get("absorption")
+    if isinstance(ab, dict):
+        return ab.get("mean_absorption_fraction"), "absorption.mean_absorption_fraction (first-letter method)"
+    return None, str(m.get("absorption_note") or "not computed")
+
+
+def downstream_note(m: dict[str, Any]) -> str:
+    """Why a transcoder has no downstream metrics."""
+    return str(m.get("downstream_note") or "not computed in this run (evaluated with --no-downstream)")
+
+
+def headline_fields(m: dict[str, Any]) -> list[tuple[str, Any, str, str]]:
+    """The seed's field names with their values: (field, value, format, interval text)."""
+    out = []
+    for info in METRICS:
+        if info.seed_field:
+            out.append((info.seed_field, m.get(info.seed_field, dig(m, info.path)), info.spec,
+                        fmt_interval(interval_of(m, info), info.spec)))
+    value, note = absorption_value(m)
+    out.append(("absorption", value, ".4f", "" if value is not None else note))
+    return out
+
+
+def uncertainty_line(m: dict[str, Any]) -> str:
+    unc = m.get("uncertainty")
+    if not isinstance(unc, dict):
+        return "intervals: none in these results (no bootstrap was run)"
+    if not unc.get("intervals"):
+        return "intervals: " + str(unc.get("note") or "none")
+    return (f"intervals: {100 * unc['confidence']:.0f}% bootstrap over {unc.get('n_sequences')} sequences "
+            f"({unc['n_resamples']} resamples, seed {unc['seed']}); tokens within a sequence are correlated, so "
+            "sequences are resampled, not tokens")
+
+
+def _value_line(m: dict[str, Any], info: MetricInfo) -> str:
+    value = fmt(dig(m, info.path), info.spec)
+    iv = fmt_interval(interval_of(m, info), info.spec)
+    return f"  {info.label:<40} {value:>10} {iv:<22} {info.meaning}"
+
+
 def metric_lines(m: dict[str, Any]) -> list[str]:
-    lines: list[str] = []
+    lines: list[str] = ["", "Headline (metrics.json field names)"]
+    for field, value, spec, extra in headline_fields(m):
+        lines.append(f"  {field:<20} {fmt(value, spec):>10}  {extra}")
+    lines.append("  " + uncertainty_line(m))
     section = None
-    for sec, path, label, spec, why in METRIC_LINES:
-        if sec != section:
-            lines += ["", sec]
-            section = sec
-        lines.append(f"  {label:<44} {fmt(dig(m, path), spec):>10}   {why}")
-    sp = m.get("sparsity", {})
-    if sp:
-        lines.append(f"  (dead and dense are measured over {sp.get('n_tokens', 0):,} tokens; a latent may be alive on other text)")
-    prefixes = (m.get("prefixes") or {}).get("per_prefix") or []
-    if prefixes:
+    for info in METRICS:
+        top = info.path[0]
+        if top in ("downstream", "absorption") and not isinstance(m.get(top), dict):
+            continue
+        if info.section != section:
+            lines += ["", info.section]
+            section = info.section
+        lines.append(_value_line(m, info))
+        if info.key == "sparsity.dense_fraction" and m.get("sparsity"):
+            lines.append(f"  (dead and dense are measured over {m['sparsity'].get('n_tokens', 0):,} tokens; a latent may be "
+                         "alive on other text)")
+    if not isinstance(m.get("downstream"), dict):
+        lines += ["", "Downstream (spliced into the model)", "  " + downstream_note(m)]
+    if not isinstance(m.get("absorption"), dict):
+        lines += ["", "Absorption (first letter)", "  " + absorption_value(m)[1]]
+    rows = prefix_rows(m)
+    if rows:
         lines += ["", "Matryoshka prefixes (reconstruction using only the first N latents)"]
-        lines.append(f"  {'first N latents':>16} {'FVU':>9} {'cosine':>9} {'MSE':>11}")
-        for p in prefixes:
-            lines.append(f"  {p['prefix_end']:>16} {fmt(p.get('fvu'), '.4f'):>9} {fmt(p.get('cosine_similarity'), '.4f'):>9} "
-                         f"{fmt(p.get('mse'), '.4g'):>11}")
-    red = m.get("decoder_redundancy") or {}
-    if red:
-        lines += ["", "Decoder redundancy (formerly mislabelled 'absorption score')"]
-        lines.append(f"  {'pairs of latents with |cos| > 0.9':<44} {fmt(red.get('redundant_pair_fraction'), '.3g'):>10}   "
-                     "fraction of decoder-row pairs pointing (anti)parallel: duplicated latents")
-        lines.append(f"  {'median max |cos| to another latent':<44} {fmt(dig(red, ('max_abs_cos', 'median')), '.4f'):>10}   "
-                     "how close each latent's output direction is to its nearest neighbour")
-    lines += ["", "Absorption"]
-    if m.get("absorption") is None:
-        lines.append("  " + str(m.get("absorption_note", "not computed")))
+        cols = [c for c in ("l0_mean", "fvu", "cosine_similarity", "delta_loss", "kl_div") if any(c in r for r in rows)]
+        lines.append(f"  {'first N latents':>16}" + "".join(f"{c:>20}" for c in cols))
+        for r in rows:
+            cells = []
+            for c in cols:
+                iv = r.get(f"{c}_interval")
+                spec = ".2f" if c == "l0_mean" else ".4f"
+                cells.append(f"{fmt(r.get(c), spec)}" + (f" ±{(iv['high'] - iv['low']) / 2:.2g}" if iv else ""))
+            lines.append(f"  {r['prefix_end']:>16}" + "".join(f"{c:>20}" for c in cells))
     return lines
 
 
@@ -139,4 +172,5 @@ def evaluation_summary(meta: dict[str, Any], m: dict[str, Any]) -> str:
     """summary.txt for ``evaluate``: header, each metric in plain words, suggestions."""
     lines = header_lines(meta, "transcoderbench evaluation")
     lines += transcoder_lines(m) + metric_lines(m) + suggestion_lines(m)
+    lines += ["", "Report with plots: report.html in this directory (rebuild with `transcoderbench report DIR`)."]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,179 @@
+"""The report's figures, drawn from the metrics JSON alone and returned as PNG bytes.
+
+Uses matplotlib's object API with the Agg canvas (no pyplot, no global backend switch, no
+display needed). Each transcoder keeps one colour across every figure.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from transcoderbench.report.catalog import dig, prefix_rows
+
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+@dataclass
+class Plot:
+    """One figure for the report."""
+
+    title: str
+    png: bytes
+    caption: str
+
+
+def _figure(n_panels: int = 1) -> tuple[Figure, list[Any]]:
+    fig = Figure(figsize=(5.2 * n_panels, 3.8), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(1, n_panels, i + 1) for i in range(n_panels)]
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    return fig, axes
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _style(i: int) -> dict[str, Any]:
+    return {"color": COLORS[i % len(COLORS)], "marker": MARKERS[i % len(MARKERS)]}
+
+
+def _err(iv: dict[str, Any] | None, value: float) -> list[list[float]] | None:
+    if not iv or iv.get("low") is None:
+        return None
+    return [[max(value - iv["low"], 0.0)], [max(iv["high"] - value, 0.0)]]
+
+
+def l0_histogram(metrics: dict[str, dict[str, Any]]) -> Plot | None:
+    """Distribution of active latents per token, one outline per transcoder."""
+    fig, (ax,) = _figure()
+    drawn = 0
+    for i, (name, m) in enumerate(metrics.items()):
+        h = dig(m, ("sparsity", "l0_histogram")) or {}
+        counts = np.asarray(h.get("counts") or [], dtype=float)
+        if counts.sum() <= 0:
+            continue
+        ax.stairs(counts / counts.sum(), np.asarray(h["bin_edges"], dtype=float), label=f"{name} (mean {m['sparsity']['l0_mean']:.1f})",
+                  color=_style(i)["color"], linewidth=1.8)
+        drawn += 1
+    if not drawn:
+        return None
+    ax.set_xlabel("active latents per token (L0)")
+    ax.set_ylabel("fraction of tokens")
+    ax.legend(fontsize=8)
+    return Plot("L0 per token", _png(fig), "How many latents fire on each evaluated token (BOS/PAD/EOS excluded). "
+                "A narrow peak is what TopK-style training produces; a long right tail means a few tokens use many "
+                "latents.")
+
+
+def density_histogram(metrics: dict[str, dict[str, Any]]) -> Plot | None:
+    """Feature density (fraction of tokens each latent fires on), log10, one outline per transcoder."""
+    fig, (ax,) = _figure()
+    drawn = 0
+    for i, (name, m) in enumerate(metrics.items()):
+        h = dig(m, ("sparsity", "feature_density_log10_histogram")) or {}
+        counts = np.asarray(h.get("counts") or [], dtype=float)
+        if counts.size == 0:
+            continue
+        ax.stairs(counts, np.asarray(h["bin_edges"], dtype=float), color=_style(i)["color"], linewidth=1.8,
+                  label=f"{name} ({h.get('dead_latents', 0)} dead, not shown)")
+        drawn += 1
+    if not drawn:
+        return None
+    ax.axvline(-1.0, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("log10(fraction of tokens the latent fires on)")
+    ax.set_ylabel("latents")
+    ax.legend(fontsize=8)
+    return Plot("Feature density", _png(fig), "Each latent's firing frequency on the evaluated tokens, in log10. "
+                "Latents right of the dotted line (10%) are dense; dead latents never fired and are counted in the "
+                "legend, not drawn. The left edge is one firing in the whole evaluation.")
+
+
+def prefix_curves(metrics: dict[str, dict[str, Any]]) -> Plot | None:
+    """FVU (and delta loss, when measured) against the number of latents in each nested prefix."""
+    rows = {name: prefix_rows(m) for name, m in metrics.items()}
+    rows = {n: r for n, r in rows.items() if r}
+    if not rows:
+        return None
+    with_loss = any(any(p.get("delta_loss") is not None for p in r) for r in rows.values())
+    fig, axes = _figure(2 if with_loss else 1)
+    names = list(metrics)
+    panels = [("fvu", "FVU", axes[0])] + ([("delta_loss", "delta loss (nats)", axes[1])] if with_loss else [])
+    for key, label, ax in panels:
+        for name, r in rows.items():
+            pts = [p for p in r if p.get(key) is not None]
+            if not pts:
+                continue
+            style = _style(names.index(name))
+            x = [p["prefix_end"] for p in pts]
+            y = [p[key] for p in pts]
+            ax.plot(x, y, label=name, **style)
+            for p in pts:
+                err = _err(p.get(f"{key}_interval"), p[key])
+                if err:
+                    ax.errorbar([p["prefix_end"]], [p[key]], yerr=err, color=style["color"], capsize=3, linewidth=1)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("latents in the prefix (first N)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    return Plot("Matryoshka prefix curves", _png(fig), "Reconstruction (and spliced loss, when measured) using only the "
+                "first N latents of each nested prefix; error bars are bootstrap intervals over sequences. A curve that "
+                "flattens early means the last groups add little.")
+
+
+def frontier(metrics: dict[str, dict[str, Any]]) -> Plot | None:
+    """Where each transcoder sits on the sparsity/fidelity frontier (L0 vs FVU, and vs delta loss)."""
+    with_loss = any(dig(m, ("downstream", "delta_loss")) is not None for m in metrics.values())
+    fig, axes = _figure(2 if with_loss else 1)
+    panels = [("fvu", ("reconstruction", "fvu"), "FVU", axes[0])]
+    if with_loss:
+        panels.append(("delta_loss", ("downstream", "delta_loss"), "delta loss (nats)", axes[1]))
+    drawn = 0
+    missing_prefix_l0 = []
+    for key, path, label, ax in panels:
+        for i, (name, m) in enumerate(metrics.items()):
+            style = _style(i)
+            x, y = dig(m, ("sparsity", "l0_mean")), dig(m, path)
+            if x is None or y is None:
+                continue
+            rows = prefix_rows(m)
+            if rows:
+                pts = [p for p in rows if p.get("l0_mean") is not None and p.get(key) is not None]
+                if pts:
+                    ax.plot([p["l0_mean"] for p in pts], [p[key] for p in pts], color=style["color"], linewidth=1.2,
+                            marker=".", alpha=0.8)
+                elif name not in missing_prefix_l0:
+                    missing_prefix_l0.append(name)
+            ivs = dig(m, ("uncertainty", "intervals")) or {}
+            ax.errorbar([x], [y], xerr=_err(ivs.get("l0_mean"), x), yerr=_err(ivs.get(key), y), label=name,
+                        markersize=9, capsize=3, linestyle="none", **style)
+            drawn += 1
+        ax.set_xlabel("mean L0 (active latents per token)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    if not drawn:
+        return None
+    caption = ("One large marker per transcoder at its mean L0 and FVU (and delta loss), with bootstrap intervals. "
+               "For Matryoshka transcoders the thin line is the whole prefix curve: each point uses only the first N "
+               "latents, at the mean number of active latents among those N. Lower and further left is better; compare "
+               "transcoders at similar L0.")
+    if missing_prefix_l0:
+        caption += (f" No per-prefix L0 was recorded for {', '.join(missing_prefix_l0)} (no per-sequence statistics), "
+                    "so only the full transcoder is drawn.")
+    return Plot("Sparsity / fidelity frontier", _png(fig), caption)
+
+
+def all_plots(metrics: dict[str, dict[str, Any]]) -> list[Plot]:
+    """Every figure that has data, in report order."""
+    return [p for p in (frontier(metrics), prefix_curves(metrics), l0_histogram(metrics), density_histogram(metrics))
+            if p is not None]
