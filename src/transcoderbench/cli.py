@@ -16,7 +16,8 @@ from typing import Any
 
 from transcoderbench.errors import UserError
 from transcoderbench.metrics.bootstrap import BootstrapOptions
-from transcoderbench.options import DataOptions, DownstreamOptions, SelectOptions
+from transcoderbench.absorption.options import AbsorptionOptions
+from transcoderbench.options import AbsorptionSwitch, DataOptions, DownstreamOptions, SelectOptions
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -86,7 +87,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out_dir = check_output_dir(Path(args.output_dir) if args.output_dir else default_eval_dir(args.checkpoint))
     transcoders = load_transcoders({args.name: args.checkpoint}, options_from(args, SelectOptions))
     result = evaluate_transcoders(transcoders, options_from(args, DataOptions), options_from(args, DownstreamOptions),
-                                  options_from(args, BootstrapOptions))
+                                  options_from(args, BootstrapOptions), options_from(args, AbsorptionOptions),
+                                  run_absorption_phase=args.absorption)
     m = result.metrics[args.name]
     files = {"metrics.json": {"meta": result.meta, **m}, "summary.txt": evaluation_summary(result.meta, m)}
     print_outputs(write_files(out_dir, with_report(files, result.meta, {args.name: m})))
@@ -123,7 +125,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     specs = parse_named_specs(args)
     transcoders = load_transcoders(specs, options_from(args, SelectOptions))
     result = evaluate_transcoders(transcoders, options_from(args, DataOptions), options_from(args, DownstreamOptions),
-                                  options_from(args, BootstrapOptions))
+                                  options_from(args, BootstrapOptions), options_from(args, AbsorptionOptions),
+                                  run_absorption_phase=args.absorption)
     files: dict[str, Any] = {f"{name}_metrics.json": {"meta": result.meta, **m} for name, m in result.metrics.items()}
     files["comparison.json"] = comparison_record(result.meta, result.metrics)
     files["summary.txt"] = comparison_summary(result.meta, result.metrics)
@@ -152,7 +155,7 @@ def print_outputs(paths: Sequence[Path]) -> None:
 
 # ------------------------------------------------------------------ parser
 # Modules that add further commands: each defines ``register(subparsers)`` and sets ``func``.
-COMMAND_MODULES: list[str] = ["transcoderbench.report.commands"]
+COMMAND_MODULES: list[str] = ["transcoderbench.report.commands", "transcoderbench.absorption.commands"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_flags(ev, DataOptions)
     add_dataclass_flags(ev, DownstreamOptions)
     add_dataclass_flags(ev, BootstrapOptions)
+    add_dataclass_flags(ev, AbsorptionSwitch)
+    add_dataclass_flags(ev, AbsorptionOptions)
     ev.set_defaults(func=cmd_evaluate)
 
     cp = sub.add_parser("compare", help="compare transcoders on the same tokens",
@@ -192,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_flags(cp, DataOptions)
     add_dataclass_flags(cp, DownstreamOptions)
     add_dataclass_flags(cp, BootstrapOptions)
+    add_dataclass_flags(cp, AbsorptionSwitch)
+    add_dataclass_flags(cp, AbsorptionOptions)
     cp.set_defaults(func=cmd_compare)
 
     for module in COMMAND_MODULES:

@@ -27,6 +27,9 @@ from transcoderbench.formats import load_transcoder
 from transcoderbench.lm import LanguageModel, load_language_model, resolve_model_name
 from transcoderbench.metrics import default_accumulators, weight_metrics
 from transcoderbench.metrics.bootstrap import BootstrapOptions, attach_uncertainty
+from transcoderbench.absorption.options import AbsorptionOptions
+from transcoderbench.absorption.run import run_absorption
+from transcoderbench.absorption.summary import VERSUS_REDUNDANCY
 from transcoderbench.options import DataOptions, DownstreamOptions, SelectOptions
 from transcoderbench.transcoders import Transcoder
 
@@ -102,10 +105,7 @@ def transcoder_metrics(name: str, tc: Transcoder, results: dict[str, Any], run_s
         **weight_metrics(tc),
     }
     out["absorption"] = None
-    out["absorption_note"] = (
-        "first-letter absorption is not computed by this version; decoder_redundancy is the metric the "
-        "seed code mislabelled 'absorption score'"
-    )
+    out["absorption_note"] = "not computed in this run (--no-absorption). " + VERSUS_REDUNDANCY
     return out
 
 
@@ -114,7 +114,9 @@ def evaluate_transcoders(
     data: DataOptions,
     downstream: DownstreamOptions | None = None,
     bootstrap: BootstrapOptions | None = None,
+    absorption: AbsorptionOptions | None = None,
     *,
+    run_absorption_phase: bool = True,
     stop_early: bool = True,
     make_accumulators: AccumulatorFactory = default_accumulators,
     lm: LanguageModel | None = None,
@@ -177,4 +179,10 @@ def evaluate_transcoders(
         }
         metrics[run.name] = transcoder_metrics(run.name, run.transcoder, run.results(), sites)
     attach_uncertainty({run.name: run.accumulators for run in runs}, metrics, bootstrap)
+    if run_absorption_phase:
+        say("measuring first-letter absorption (--no-absorption skips it)")
+        found = run_absorption(lm, transcoders, absorption or AbsorptionOptions(), log=say, show_progress=data.progress)
+        for name, result in found.items():
+            metrics[name]["absorption"] = result
+            metrics[name]["absorption_note"] = (result.get("note") or "") + (" " if result.get("note") else "") + VERSUS_REDUNDANCY
     return EvaluationResult(meta=meta, metrics=metrics)

@@ -63,3 +63,14 @@ class DownstreamOptions:
     )
     mean_ablation_batches: int = opt(2, "batches read first to estimate the mean-ablation baseline")
     variants_per_pass: int = opt(4, "spliced variants stacked into one pass of the remaining layers (memory vs speed)")
+
+
+@dataclass
+class AbsorptionSwitch:
+    """Whether evaluate/compare run the first-letter absorption phase (its settings: AbsorptionOptions)."""
+
+    absorption: bool = opt(
+        True,
+        "after the token pass, measure first-letter feature absorption (a probe on the input site; minutes on CPU the "
+        "first time, then cached); --no-absorption skips it",
+    )

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from itertools import combinations
 from typing import Any
 
+from transcoderbench.absorption.summary import VERSUS_REDUNDANCY
 from transcoderbench.report.catalog import (
     BY_KEY,
     METRICS,
@@ -225,6 +226,7 @@ def comparison_summary(meta: dict[str, Any], metrics: dict[str, dict[str, Any]])
         names = ", ".join(d["name"] for d in decided if d["test"] == test)
         lines += textwrap.wrap(f"{names}: {HOW[test]}", width=100, initial_indent="  ", subsequent_indent="    ")
     lines += ["", "Note: more active latents buy reconstruction; compare FVU together with L0."]
+    lines += textwrap.wrap("Note: " + VERSUS_REDUNDANCY, width=100, subsequent_indent="  ")
     for name, m in metrics.items():
         lines += ["", f"[{name}]"] + suggestion_lines(m)[1:]
     lines += ["", "Report with plots: report.html in this directory (rebuild with `transcoderbench report DIR`)."]

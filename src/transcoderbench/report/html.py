@@ -211,9 +211,9 @@ def _verdicts(comparison: dict[str, Any]) -> str:
         rows.append(f"<tr><td><b>{_e(c['name'])}</b><br><span class='ci'>{_e(c.get('why'))}</span></td>"
                     f"<td class='{cls}'>{_e(c.get('verdict'))}</td><td>{_e(values)}</td><td>{pairs}</td>"
                     f"<td><span class='ci'>{_e(c.get('how'))}</span></td></tr>")
-    return ("<h2>Verdicts</h2>\n<p>A category names a winner only when the paired bootstrap interval of the difference "
-            "excludes 0 (both transcoders saw exactly the same sequences, so they are resampled together). "
-            + _e(comparison.get("note", "")) + "</p>\n<table><tr><th>category</th><th>verdict</th><th>values</th>"
+    note = str(comparison.get("note", ""))
+    return ("<h2>Verdicts</h2>\n<p>" + _e(note[:1].upper() + note[1:]) + ". Both transcoders saw exactly the same "
+            "sequences, so the bootstrap resamples them together.</p>\n<table><tr><th>category</th><th>verdict</th><th>values</th>"
             "<th>paired difference [interval]</th><th>how decided</th></tr>\n" + "\n".join(rows) + "</table>\n")
 
 

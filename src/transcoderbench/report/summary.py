@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 from typing import Any
 
+from transcoderbench.absorption.summary import summary_lines as absorption_summary_lines
 from transcoderbench.report.catalog import (
     METRICS,
     MetricInfo,
@@ -137,8 +138,11 @@ def metric_lines(m: dict[str, Any]) -> list[str]:
                          "alive on other text)")
     if not isinstance(m.get("downstream"), dict):
         lines += ["", "Downstream (spliced into the model)", "  " + downstream_note(m)]
-    if not isinstance(m.get("absorption"), dict):
-        lines += ["", "Absorption (first letter)", "  " + absorption_value(m)[1]]
+    lines += ["", "Absorption (first letter)"]
+    if isinstance(m.get("absorption"), dict):
+        lines += ["  " + line for line in absorption_summary_lines(str(m.get("name")), m["absorption"])]
+    lines += textwrap.wrap(str(m.get("absorption_note") or absorption_value(m)[1]), width=100, initial_indent="  ",
+                           subsequent_indent="  ")
     rows = prefix_rows(m)
     if rows:
         lines += ["", "Matryoshka prefixes (reconstruction using only the first N latents)"]
