@@ -29,11 +29,7 @@ from transcoderbench.metrics.bootstrap import (
     interval,
     poisson_weights,
 )
-from transcoderbench.metrics.downstream import (
-    Downstream,
-    next_token_losses,
-    prefix_column,
-)
+from transcoderbench.metrics.downstream import CleanNextToken, Downstream, prefix_column
 from transcoderbench.metrics.per_sequence import (
     PerSequenceAccumulator,
     Ratio,
@@ -252,11 +248,10 @@ def test_downstream_accumulator_follows_the_convention():
     g = torch.Generator().manual_seed(0)
     seq_ids = torch.tensor([0, 0, 1, 2, 2, 2, 4, 5, 5])
     labels = torch.randint(0, 7, (9,), generator=g)
-    clean = torch.log_softmax(torch.randn(9, 7, generator=g), -1)
-    acc.update_column("clean", *next_token_losses(clean, clean, labels), seq_ids)
+    clean = CleanNextToken(torch.randn(9, 7, generator=g), labels)
+    acc.update_column("clean", clean.ce, clean.kl, seq_ids)
     for col in ("zero_ablation", "mean_ablation") + tuple(prefix_column(e) for e in ends):
-        logp = torch.log_softmax(torch.randn(9, 7, generator=g), -1)
-        acc.update_column(col, *next_token_losses(clean, logp, labels), seq_ids)
+        acc.update_column(col, *clean.versus(torch.randn(9, 7, generator=g)), seq_ids)
     res = acc.result()
     full, boot, n_seq = bootstrap_statistics({"downstream": acc}, BootstrapOptions(bootstrap_resamples=100))
     assert n_seq == 5

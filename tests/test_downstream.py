@@ -8,6 +8,7 @@ import torch
 from transcoderbench.data import resolve_text_source, token_batches
 from transcoderbench.downstream import plan_downstream
 from transcoderbench.engine import prepare_runs, run_pass
+from transcoderbench.metrics.downstream import CleanNextToken
 from transcoderbench.transcoders import BatchTopKTranscoder, JumpReLUTranscoder, MatryoshkaTranscoder
 
 SEQ_LEN, BATCH, N_BATCHES = 20, 3, 3
@@ -207,3 +208,24 @@ def test_per_sequence_sums_add_up(tiny_lm):
     assert table[:, 0].sum() == acc.state["n"][0]
     i = fields.index("ce_prefix_40")
     assert table[:, i].sum().item() == pytest.approx(acc.state["ce_sum"][acc.columns.index("prefix_40")].item(), rel=1e-12)
+
+
+def test_clean_next_token_matches_the_definitions():
+    """CE and KL(p_clean || p) from the log-space shortcut equal log_softmax + the textbook sums (fp64)."""
+    g = torch.Generator().manual_seed(0)
+    clean_logits = torch.randn(50, 300, generator=g) * 4
+    logits = clean_logits + torch.randn(50, 300, generator=g)
+    logits[0, :] = -1e4  # a row where the variant gives every token vanishing probability...
+    logits[0, 3] = 50.0  # ...but one
+    labels = torch.randint(0, 300, (50,), generator=g)
+    clean = CleanNextToken(clean_logits, labels)
+    ce, kl = clean.versus(logits)
+    lp_c = torch.log_softmax(clean_logits.double(), -1)
+    lp = torch.log_softmax(logits.double(), -1)
+    ref_ce = -lp.gather(-1, labels[:, None]).squeeze(-1)
+    ref_kl = (lp_c.exp() * (lp_c - lp)).sum(-1)
+    assert torch.allclose(ce.double(), ref_ce, rtol=1e-5, atol=1e-3)
+    assert torch.allclose(kl.double(), ref_kl, rtol=1e-5, atol=2e-5)
+    assert torch.allclose(clean.ce.double(), -lp_c.gather(-1, labels[:, None]).squeeze(-1), rtol=1e-5, atol=1e-5)
+    same_ce, same_kl = clean.versus(clean_logits.clone())
+    assert torch.equal(same_kl, torch.zeros(50)) and torch.equal(same_ce, clean.ce)

@@ -22,15 +22,7 @@ from transcoderbench.errors import UserError
 from transcoderbench.lm import LanguageModel, capture
 from transcoderbench.lm.splice import CleanForward, Head, additive_layer, find_head, resume, spliced_forward
 from transcoderbench.metrics.base import TranscoderBatch
-from transcoderbench.metrics.downstream import (
-    CLEAN,
-    MEAN,
-    ZERO,
-    Downstream,
-    next_token_ce,
-    next_token_losses,
-    prefix_column,
-)
+from transcoderbench.metrics.downstream import CLEAN, MEAN, ZERO, CleanNextToken, Downstream, prefix_column
 
 # Rows of logits computed at once: bounds the head's memory (rows * vocab floats, ~256 MB).
 HEAD_CHUNK_ELEMENTS = 1 << 26
@@ -45,7 +37,7 @@ class SplicePlan:
     mean_source: str
     splice_layer: dict[str, int | None]
     """Run name -> layer whose output is patched (resumed path), or None (full-forward path)."""
-    variants_per_pass: int = 4
+    variants_per_pass: int = 1
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -55,7 +47,7 @@ class SplicePlan:
 
 def plan_downstream(
     lm: LanguageModel, runs: list, mean_batches: list[TokenBatch], *, n_sequences: int | None,
-    variants_per_pass: int = 4,
+    variants_per_pass: int | None = None,
 ) -> SplicePlan:
     """Find the head, estimate each output site's mean target, and attach a Downstream accumulator per run."""
     head = find_head(lm)
@@ -89,7 +81,8 @@ def plan_downstream(
         mean_source=f"mean of the output site over the first {len(mean_batches)} batches ({count:,} tokens), "
                     "estimated in a short pass before the evaluation (those batches are also evaluated)",
         splice_layer={run.name: additive_layer(lm, run.output_site) for run in runs},
-        variants_per_pass=variants_per_pass,
+        # Stacking variants pays on a GPU (bigger matmuls); on CPU one at a time measured faster.
+        variants_per_pass=variants_per_pass or (4 if lm.device.type == "cuda" else 1),
     )
     for run in runs:
         acc = Downstream(run.transcoder.prefix_ends, n_sequences)
@@ -175,11 +168,10 @@ def downstream_batch(
     accs = [run.accumulators["downstream"] for run in runs]
     for start in range(0, rows.numel(), step):
         sl = slice(start, start + step)
-        clean_logp = torch.log_softmax(plan.head(clean_rows[sl]), dim=-1)
-        ce_clean = next_token_ce(clean_logp, labels[sl])
+        clean_next = CleanNextToken(plan.head(clean_rows[sl]), labels[sl])
         for acc in accs:
-            acc.update_column(CLEAN, ce_clean, torch.zeros_like(ce_clean), seq_ids[sl])
+            acc.update_column(CLEAN, clean_next.ce, clean_next.kl, seq_ids[sl])
         for key, frows in final_rows.items():
-            ce, kl = next_token_losses(clean_logp, torch.log_softmax(plan.head(frows[sl]), dim=-1), labels[sl])
+            ce, kl = clean_next.versus(plan.head(frows[sl]))
             for acc, column in consumers[key]:
                 acc.update_column(column, ce, kl, seq_ids[sl])

@@ -62,7 +62,9 @@ class DownstreamOptions:
         "recovered (--no-downstream skips it and stops the forward pass early)",
     )
     mean_ablation_batches: int = opt(2, "batches read first to estimate the mean-ablation baseline")
-    variants_per_pass: int = opt(4, "spliced variants stacked into one pass of the remaining layers (memory vs speed)")
+    variants_per_pass: int | None = opt(
+        None, "spliced variants stacked into one pass of the remaining layers (default: 4 on GPU, 1 on CPU)"
+    )
 
 
 @dataclass
