@@ -81,6 +81,7 @@ def check_output_dir(path: Path, flag: str = "--output_dir") -> Path:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from transcoderbench.evaluation import evaluate_transcoders, load_transcoders
+    from transcoderbench.report.html import add_report
     from transcoderbench.report.outputs import write_files
     from transcoderbench.report.summary import evaluation_summary
 
@@ -91,7 +92,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                   run_absorption_phase=args.absorption)
     m = result.metrics[args.name]
     files = {"metrics.json": {"meta": result.meta, **m}, "summary.txt": evaluation_summary(result.meta, m)}
-    print_outputs(write_files(out_dir, with_report(files, result.meta, {args.name: m})))
+    print_outputs(write_files(out_dir, add_report(files, result.meta, {args.name: m})))
     return 0
 
 
@@ -119,6 +120,7 @@ def parse_named_specs(args: argparse.Namespace) -> dict[str, str]:
 def cmd_compare(args: argparse.Namespace) -> int:
     from transcoderbench.evaluation import evaluate_transcoders, load_transcoders
     from transcoderbench.report.comparison import comparison_record, comparison_summary
+    from transcoderbench.report.html import add_report
     from transcoderbench.report.outputs import write_files
 
     out_dir = check_output_dir(Path(args.output_dir))
@@ -130,21 +132,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     files: dict[str, Any] = {f"{name}_metrics.json": {"meta": result.meta, **m} for name, m in result.metrics.items()}
     files["comparison.json"] = comparison_record(result.meta, result.metrics)
     files["summary.txt"] = comparison_summary(result.meta, result.metrics)
-    print_outputs(write_files(out_dir, with_report(files, result.meta, result.metrics, files["comparison.json"])))
+    print_outputs(write_files(out_dir, add_report(files, result.meta, result.metrics, files["comparison.json"])))
     return 0
-
-
-def with_report(files: dict[str, Any], meta: dict[str, Any], metrics: dict[str, Any],
-                comparison: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Add report.html, rendered from exactly what the JSON files will hold (so all files are
-    written together, and ``transcoderbench report DIR`` rebuilds the same page)."""
-    import json
-
-    from transcoderbench.report.html import REPORT_NAME, render_report
-    from transcoderbench.report.outputs import json_ready
-
-    data = json.loads(json.dumps(json_ready({"meta": meta, "metrics": metrics, "comparison": comparison})))
-    return {**files, REPORT_NAME: render_report(data["meta"], data["metrics"], data["comparison"])}
 
 
 def print_outputs(paths: Sequence[Path]) -> None:
@@ -155,7 +144,8 @@ def print_outputs(paths: Sequence[Path]) -> None:
 
 # ------------------------------------------------------------------ parser
 # Modules that add further commands: each defines ``register(subparsers)`` and sets ``func``.
-COMMAND_MODULES: list[str] = ["transcoderbench.report.commands", "transcoderbench.absorption.commands"]
+COMMAND_MODULES: list[str] = ["transcoderbench.report.commands", "transcoderbench.absorption.commands",
+                              "transcoderbench.train.commands"]
 
 
 def build_parser() -> argparse.ArgumentParser:

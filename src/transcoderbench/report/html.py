@@ -24,7 +24,7 @@ from transcoderbench.report.catalog import (
     prefix_rows,
 )
 from transcoderbench.report.comparison import comparison_record
-from transcoderbench.report.outputs import write_files
+from transcoderbench.report.outputs import json_ready, write_files
 from transcoderbench.report.plots import all_plots
 from transcoderbench.report.suggestions import THRESHOLD_SOURCES, THRESHOLDS, suggest
 from transcoderbench.report.summary import (
@@ -311,3 +311,14 @@ def write_report(directory: str | Path) -> Path:
     """Write ``report.html`` into ``directory`` (atomically) from the JSON files there; returns its path."""
     text = build_report(directory)
     return write_files(directory, {REPORT_NAME: text})[0]
+
+
+def add_report(files: dict[str, Any], meta: dict[str, Any], metrics: dict[str, dict[str, Any]],
+               comparison: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``files`` plus report.html, rendered from exactly what the JSON files will hold.
+
+    So the page can be written together with the JSON (all or nothing, by ``write_files``), and
+    ``transcoderbench report DIR`` rebuilds the same page from those files.
+    """
+    data = json.loads(json.dumps(json_ready({"meta": meta, "metrics": metrics, "comparison": comparison})))
+    return {**files, REPORT_NAME: render_report(data["meta"], data["metrics"], data["comparison"])}

@@ -1,0 +1,304 @@
+"""The one definition of a training run's settings: command-line flags, config-file keys and
+the ``training`` record saved in every checkpoint all come from :class:`TrainConfig`.
+
+Precedence: the dataclass default < a key in ``--config FILE`` (YAML or JSON) < a flag given on
+the command line. A config file key that is not a field is an error naming the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from transcoderbench.errors import UserError
+from transcoderbench.options import opt
+
+ARCHITECTURE_CHOICES = ("matryoshka", "batchtopk", "topk")
+DECAY_CHOICES = ("cosine", "linear")
+#: Bussmann et al.'s Matryoshka default: halves, quarters, ... of the dictionary, smallest first.
+DEFAULT_GROUP_FRACTIONS = "1/16,1/16,1/8,1/4,1/2"
+
+
+@dataclass
+class TrainConfig:
+    """Training settings (one transcoder)."""
+
+    # ------------------------------------------------------------------ what to read
+    model: str = opt("smollm2-135m", "language model: a hub id, a local directory, a .gguf file, or smollm2-135m "
+                                     "(built in, offline)")
+    layer: int | None = opt(None, "layer whose MLP the transcoder stands in for (required unless --input_site and "
+                                  "--output_site both name a layer)")
+    input_site: str | None = opt(
+        None,
+        "site the transcoder reads. Default blocks.L.ln2.hook_normalized: the MLP's input normalised *without* the "
+        "norm's gain, as Gemma Scope 1 transcoders read it; every token then has the same scale, which keeps "
+        "training well conditioned at any layer and model. blocks.L.hook_mlp_in reads the raw residual (the seed "
+        "project's choice), blocks.L.mlp.hook_in the gained norm output (Gemma Scope 2's)")
+    output_site: str | None = opt(None, "site the transcoder predicts (default: blocks.L.hook_mlp_out, the MLP's "
+                                        "output)")
+    # ------------------------------------------------------------------ architecture
+    architecture: str = opt("matryoshka", "matryoshka (nested BatchTopK groups), batchtopk (one group) or topk "
+                                          "(each token keeps its own top_k)", choices=ARCHITECTURE_CHOICES)
+    dict_size: int = opt(4096, "number of latents (d_sae)")
+    group_sizes: str | None = opt(
+        None,
+        "Matryoshka nested groups, smallest prefix first, comma-separated: latent counts summing to dict_size "
+        "(e.g. 128,256,512,1408) or fractions summing to 1 (e.g. 1/16,1/8,1/4,9/16). "
+        f"Default for matryoshka: {DEFAULT_GROUP_FRACTIONS}")
+    top_k: int = opt(32, "active latents per token (BatchTopK: on average over the batch)")
+    top_k_aux: int = opt(512, "dead latents per token that the auxiliary loss uses to predict the residual")
+    aux_penalty: float = opt(1 / 32, "weight of the auxiliary dead-latent loss (0 turns it off)")
+    dead_window: int = opt(1_000_000, "a latent that has not fired in this many training tokens counts as dead")
+    # ------------------------------------------------------------------ optimisation
+    lr: float = opt(4e-4, "peak Adam learning rate")
+    warmup_steps: int = opt(1000, "steps of linear warmup from 0 to lr")
+    min_lr: float = opt(0.0, "learning rate reached at the last step")
+    decay: str = opt("cosine", "decay from lr to min_lr after the warmup", choices=DECAY_CHOICES)
+    batch_size: int = opt(4096, "activation tokens per training step")
+    token_budget: int = opt(50_000_000, "training tokens in all (steps = token_budget / batch_size); when the "
+                                        "dataset runs out it is read again")
+    seed: int = opt(0, "seed of the initialisation and of the activation shuffling")
+    # ------------------------------------------------------------------ data
+    dataset: str | None = opt(None, "training text: a Hugging Face dataset id (streamed), a local .txt/.jsonl file "
+                                    "or folder, or builtin:NAME. Default: the built-in corpus")
+    dataset_tokens: int = opt(0, "read only the first this many tokens of the dataset (rounded up to whole "
+                                 "language-model batches) and repeat them in epochs; 0: the whole dataset")
+    text_field: str = opt("text", "field holding the text in .jsonl files and datasets")
+    seq_len: int = opt(128, "tokens per sequence, BOS included (BOS, EOS and PAD positions are never trained on)")
+    lm_batch_size: int = opt(8, "sequences per language-model forward pass")
+    buffer_tokens: int = opt(131_072, "activations held in the shuffled buffer (memory: buffer_tokens x (d_in + "
+                                      "d_out) x 4 bytes); a dataset that fits is read by the model only once")
+    dtype: str = opt("float32", "language-model dtype (float32, bfloat16, float16); the transcoder trains in float32")
+    device: str = opt("auto", "torch device: auto (cuda if available), cpu, cuda, cuda:0, ...")
+    trust_remote_code: bool = opt(False, "allow code from the model or dataset repository to run")
+    # ------------------------------------------------------------------ outputs
+    output_dir: str = opt("runs/transcoder", "run directory: the latest transcoder (config.json + model.safetensors, "
+                                             "loadable by evaluate), metrics.jsonl, checkpoints/, resume/")
+    checkpoint_every: int = opt(0, "also save a checkpoint (and the resume state) every this many steps (0: only at "
+                                   "the end)")
+    log_every: int = opt(10, "write a metrics.jsonl line every this many steps")
+    wandb: bool = opt(False, "log metrics to Weights & Biases (needs `pip install wandb`)")
+    wandb_project: str = opt("transcoderbench", "Weights & Biases project")
+    progress: bool = opt(True, "show progress bars")
+
+
+#: Settings that may differ when a run is resumed: they change where and how it reports, not what it computes.
+RESUME_MUTABLE = frozenset({"output_dir", "checkpoint_every", "log_every", "wandb", "wandb_project", "progress",
+                            "device"})
+#: Settings that decide which activations a step sees; runs trained side by side must agree on them.
+DATA_FIELDS = ("model", "layer", "input_site", "output_site", "dataset", "dataset_tokens", "text_field", "seq_len",
+               "lm_batch_size", "buffer_tokens", "batch_size", "token_budget", "seed", "dtype", "device",
+               "trust_remote_code")
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+# ----------------------------------------------------------------------------- values
+def _type_name(name: str) -> str:
+    return str(_FIELDS[name].type)
+
+
+def coerce(name: str, value: Any, where: str) -> Any:
+    """``value`` as the type of field ``name`` (config files may hold strings or lists)."""
+    kind = _type_name(name)
+    if value is None:
+        if "None" in kind:
+            return None
+        raise UserError(f"{where}: {name} may not be empty")
+    try:
+        if kind.startswith("bool"):
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "false", "no", "0"):
+                return value.strip().lower() in ("true", "yes", "1")
+            raise ValueError
+        if kind.startswith("int"):
+            if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(float(value)) if isinstance(value, (str, float)) else int(value)
+        if kind.startswith("float"):
+            if isinstance(value, bool):
+                raise ValueError
+            return float(Fraction(value)) if isinstance(value, str) else float(value)
+        if name == "group_sizes" and isinstance(value, (list, tuple)):
+            return ",".join(str(v) for v in value)
+        if isinstance(value, (dict, list, tuple)):
+            raise ValueError
+        return str(value)
+    except (ValueError, TypeError, ZeroDivisionError):
+        raise UserError(f"{where}: {name}={value!r} is not a valid {kind.split(' ')[0]}") from None
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Keys and values of a YAML (.yaml/.yml) or JSON config file, checked against the fields."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"--config {path}: no such file")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise UserError(f"--config {path}: reading YAML needs `pip install pyyaml` (or use a .json file)") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise UserError(f"--config {path}: not valid YAML ({' '.join(str(exc).split())[:200]})") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"--config {path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path}: must hold a mapping of setting names to values")
+    unknown = [k for k in data if k not in _FIELDS]
+    if unknown:
+        raise UserError(f"--config {path}: unknown key {unknown[0]!r}; valid keys are the `train` flags "
+                        f"({', '.join(_FIELDS)})")
+    return {k: coerce(k, v, f"--config {path}") for k, v in data.items()}
+
+
+def make_config(values: dict[str, Any], where: str = "config") -> TrainConfig:
+    """A checked :class:`TrainConfig` from ``field -> value`` (missing fields take defaults)."""
+    unknown = [k for k in values if k not in _FIELDS]
+    if unknown:
+        raise UserError(f"{where}: unknown setting {unknown[0]!r}")
+    config = TrainConfig(**{k: coerce(k, v, where) for k, v in values.items()})
+    validate(config)
+    return config
+
+
+def validate(c: TrainConfig) -> None:
+    """One-line errors for settings that cannot work, before any model is loaded."""
+    positive = ("dict_size", "top_k", "top_k_aux", "dead_window", "batch_size", "token_budget", "seq_len",
+                "lm_batch_size", "buffer_tokens")
+    for name in positive:
+        if getattr(c, name) <= 0:
+            raise UserError(f"--{name} {getattr(c, name)}: must be positive")
+    for name in ("warmup_steps", "checkpoint_every", "log_every", "dataset_tokens"):
+        if getattr(c, name) < 0:
+            raise UserError(f"--{name} {getattr(c, name)}: must be 0 or more")
+    if c.architecture not in ARCHITECTURE_CHOICES:
+        raise UserError(f"--architecture {c.architecture}: choose one of {', '.join(ARCHITECTURE_CHOICES)}")
+    if c.decay not in DECAY_CHOICES:
+        raise UserError(f"--decay {c.decay}: choose one of {', '.join(DECAY_CHOICES)}")
+    if c.top_k > c.dict_size:
+        raise UserError(f"--top_k {c.top_k}: must not exceed --dict_size {c.dict_size}")
+    if not c.lr > 0 or c.min_lr < 0 or c.min_lr > c.lr:
+        raise UserError(f"--lr {c.lr} / --min_lr {c.min_lr}: need lr > 0 and 0 <= min_lr <= lr")
+    if c.aux_penalty < 0:
+        raise UserError(f"--aux_penalty {c.aux_penalty}: must be 0 or more")
+    if c.seq_len < 2:
+        raise UserError(f"--seq_len {c.seq_len}: must be at least 2 (BOS plus one token)")
+    need = c.batch_size + c.lm_batch_size * c.seq_len
+    if c.buffer_tokens < need:
+        raise UserError(f"--buffer_tokens {c.buffer_tokens}: must hold a training batch plus a language-model batch "
+                        f"(--batch_size + --lm_batch_size x --seq_len = {need})")
+    if c.group_sizes is not None and c.architecture != "matryoshka":
+        raise UserError(f"--group_sizes applies only to --architecture matryoshka (got {c.architecture})")
+    group_sizes(c)  # raises on bad sizes
+    if c.layer is None and (site_layer(c.input_site) is None or site_layer(c.output_site) is None):
+        raise UserError("--layer is required (or give --input_site and --output_site with their layer)")
+
+
+def site_layer(site: str | None) -> int | None:
+    m = re.search(r"(?:^|\.)(?:blocks|layers|h)\.(\d+)(?:\.|$)", site or "")
+    return int(m.group(1)) if m else None
+
+
+def group_sizes(c: TrainConfig) -> list[int]:
+    """The Matryoshka groups as latent counts (``[dict_size]`` for the other architectures)."""
+    if c.architecture != "matryoshka":
+        return [c.dict_size]
+    return parse_group_sizes(c.group_sizes or DEFAULT_GROUP_FRACTIONS, c.dict_size)
+
+
+def parse_group_sizes(text: str, dict_size: int) -> list[int]:
+    """``"128,256"`` (counts summing to dict_size) or ``"1/4,3/4"`` / ``"0.25,0.75"`` (fractions summing to 1).
+
+    Fractions are rounded down and the last group takes what rounding left over.
+    """
+    flag = f"--group_sizes {text}"
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    if not parts:
+        raise UserError(f"{flag}: give at least one group size")
+    try:
+        values = [Fraction(p) for p in parts]
+    except (ValueError, ZeroDivisionError):
+        raise UserError(f"{flag}: each size must be a whole number or a fraction like 1/16 or 0.25") from None
+    if any(v <= 0 for v in values):
+        raise UserError(f"{flag}: every group must be larger than 0")
+    if all(v.denominator == 1 for v in values) and sum(values) > 1:
+        sizes = [int(v) for v in values]
+        if sum(sizes) != dict_size:
+            raise UserError(f"{flag}: the sizes add up to {sum(sizes)}, not --dict_size {dict_size}")
+        return sizes
+    if sum(values) != 1:
+        raise UserError(f"{flag}: fractions must add up to 1 (they add up to {float(sum(values)):g}), or give latent "
+                        f"counts that add up to --dict_size {dict_size}")
+    sizes = [int(v * dict_size) for v in values]
+    sizes[-1] += dict_size - sum(sizes)
+    if any(s <= 0 for s in sizes):
+        raise UserError(f"{flag}: a group gets no latents with --dict_size {dict_size}; use fewer or larger groups")
+    return sizes
+
+
+def default_sites(c: TrainConfig) -> tuple[str, str]:
+    """The input and output sites, filling in the defaults for ``layer``."""
+    return (c.input_site or f"blocks.{c.layer}.ln2.hook_normalized", c.output_site or f"blocks.{c.layer}.hook_mlp_out")
+
+
+def layer_of(c: TrainConfig) -> int:
+    layer = c.layer if c.layer is not None else site_layer(c.input_site)
+    assert layer is not None  # validate() guarantees it
+    return layer
+
+
+# ----------------------------------------------------------------------------- flags
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per field. Defaults are left out of the namespace (``SUPPRESS``) so that
+    :func:`config_from_args` can tell a flag the user gave from one a config file should fill."""
+    from transcoderbench.cli import flag_names
+
+    group = parser.add_argument_group("training settings (also the keys of --config)")
+    for f in dataclasses.fields(TrainConfig):
+        kind = str(f.type)
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
+        help_text = f.metadata.get("help", "")
+        if kind == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = str  # coerced (with a one-line error) in config_from_args
+            kwargs["metavar"] = f.name.upper()
+            if "choices" in f.metadata:
+                kwargs["choices"] = f.metadata["choices"]
+        if f.default is not None:
+            default = f"{f.default:g}" if isinstance(f.default, float) else f.default
+            help_text += f" (default: {default})"
+        group.add_argument(*flag_names(f.name), help=help_text, **kwargs)
+
+
+def given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given as flags, coerced to their types."""
+    return {name: coerce(name, getattr(args, name), f"--{name}") for name in _FIELDS if hasattr(args, name)}
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """defaults < ``--config`` file < flags."""
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values.update(read_config_file(args.config))
+    values.update(given_settings(args))
+    return make_config(values, "train")
+
+
+def config_dict(c: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(c)
