@@ -11,15 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from transcoderbench.atomic import sibling_tempdir, swap_in
 from transcoderbench.lm import LanguageModel, Site
 
 CACHE_VERSION = 1
@@ -72,22 +70,9 @@ def load(cache_dir: Path, key: dict[str, Any]) -> tuple[dict[str, Any], dict[str
 def save(cache_dir: Path, key: dict[str, Any], words: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
     """Write the entry for ``key`` atomically; returns its folder."""
     folder = entry_dir(cache_dir, key)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=cache_dir))
-    try:
+    with sibling_tempdir(folder) as tmp:
         (tmp / "key.json").write_text(json.dumps({"cache_version": CACHE_VERSION, **key}, sort_keys=True, indent=1))
         (tmp / "words.json").write_text(json.dumps(words))
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "tensors.safetensors"))
-        if folder.exists():
-            stale = folder.with_name(f".{folder.name}.stale-{uuid.uuid4().hex[:8]}")
-            os.replace(folder, stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process finished the same entry first: keep theirs
-            if load(cache_dir, key) is None:
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        swap_in(tmp, folder, finished_elsewhere=lambda: load(cache_dir, key) is not None)
     return folder

@@ -14,9 +14,6 @@ import json
 import os
 import pickle
 import re
-import shutil
-import tempfile
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from fractions import Fraction
 from pathlib import Path
@@ -26,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from transcoderbench.atomic import sibling_tempdir, swap_in
 from transcoderbench.errors import UserError
 from transcoderbench.transcoders import Transcoder
 
@@ -369,10 +367,11 @@ def atomic_directory(target: Path, *, replaceable: Callable[[Path], bool], kind:
         raise UserError(f"{target}: exists and does not hold a {kind} checkpoint; choose a new or empty directory")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     except OSError as exc:
         raise UserError(f"{target}: cannot create the directory ({one_line(exc.strerror or exc)})") from exc
-    try:
+    if not os.access(target.parent, os.W_OK):
+        raise UserError(f"{target}: {target.parent} is not writable; choose another output directory")
+    with sibling_tempdir(target) as tmp:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; give it normal permissions
@@ -380,16 +379,7 @@ def atomic_directory(target: Path, *, replaceable: Callable[[Path], bool], kind:
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        swap_in(tmp, target)
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:

@@ -16,9 +16,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +25,7 @@ import transformers
 from huggingface_hub.errors import HfHubHTTPError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from transcoderbench.atomic import sibling_tempdir, swap_in
 from transcoderbench.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -370,25 +368,12 @@ def convert_gguf(gguf: Path, target: Path):
     entry), the weights (minus tied copies) and the tokenizer are written directly.
     """
     model, tokenizer = load_gguf(gguf)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    key = gguf_source_key(gguf)
+    with sibling_tempdir(target) as tmp:
         _write_hf_dir(model, tokenizer, tmp)
-        (tmp / _SOURCE_MARKER).write_text(json.dumps(gguf_source_key(gguf), sort_keys=True))
-        key = gguf_source_key(gguf)
+        (tmp / _SOURCE_MARKER).write_text(json.dumps(key, sort_keys=True))
         if not _is_valid_cache(target, key):  # another process may have finished first
-            if target.exists():
-                stale = target.with_name(f".{target.name}.stale-{uuid.uuid4().hex[:8]}")
-                os.replace(target, stale)
-                shutil.rmtree(stale, ignore_errors=True)
-            try:
-                os.replace(tmp, target)
-            except OSError:
-                if not _is_valid_cache(target, key):
-                    raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            swap_in(tmp, target, finished_elsewhere=lambda: _is_valid_cache(target, key))
     return model, tokenizer
 
 
