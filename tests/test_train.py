@@ -4,9 +4,8 @@ auxiliary loss revives dead latents, and checkpoints load in `evaluate` and `com
 
 from __future__ import annotations
 
-import importlib.util
-
 import dataclasses
+import importlib.util
 import json
 import os
 import subprocess

@@ -142,7 +142,8 @@ def evaluate_transcoders(
         )
     n_sequences = data.batches * data.batch_size
     runs = prepare_runs(lm, transcoders, make_accumulators, n_sequences=n_sequences)
-    source = resolve_text_source(data.dataset, text_field=data.text_field, trust_remote_code=data.trust_remote_code)
+    source = resolve_text_source(data.dataset, text_field=data.text_field, split=data.dataset_split,
+                                 dataset_config=data.dataset_config, trust_remote_code=data.trust_remote_code)
     planned = data.batches * data.batch_size * data.seq_len
     say(
         f"reading up to {planned:,} tokens ({data.batches} batches x {data.batch_size} sequences x {data.seq_len} tokens) "

@@ -31,6 +31,8 @@ class DataOptions:
         "Default: the built-in corpus (Python's pydoc topics)",
     )
     text_field: str = opt("text", "field holding the text in .jsonl files and datasets")
+    dataset_config: str | None = opt(None, "configuration (subset) of a Hugging Face dataset, e.g. sample-10BT")
+    dataset_split: str = opt("train", "split of a Hugging Face dataset")
     batches: int = opt(1000, "number of batches to read (stops earlier if the dataset runs out)")
     batch_size: int = opt(8, "sequences per batch")
     seq_len: int = opt(128, "tokens per sequence, BOS included")

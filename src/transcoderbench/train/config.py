@@ -70,6 +70,8 @@ class TrainConfig:
     dataset_tokens: int = opt(0, "read only the first this many tokens of the dataset (rounded up to whole "
                                  "language-model batches) and repeat them in epochs; 0: the whole dataset")
     text_field: str = opt("text", "field holding the text in .jsonl files and datasets")
+    dataset_config: str | None = opt(None, "configuration (subset) of a Hugging Face dataset, e.g. sample-10BT")
+    dataset_split: str = opt("train", "split of a Hugging Face dataset")
     seq_len: int = opt(128, "tokens per sequence, BOS included (BOS, EOS and PAD positions are never trained on)")
     lm_batch_size: int = opt(8, "sequences per language-model forward pass")
     buffer_tokens: int = opt(131_072, "activations held in the shuffled buffer (memory: buffer_tokens x (d_in + "
@@ -92,9 +94,9 @@ class TrainConfig:
 RESUME_MUTABLE = frozenset({"output_dir", "checkpoint_every", "log_every", "wandb", "wandb_project", "progress",
                             "device"})
 #: Settings that decide which activations a step sees; runs trained side by side must agree on them.
-DATA_FIELDS = ("model", "layer", "input_site", "output_site", "dataset", "dataset_tokens", "text_field", "seq_len",
-               "lm_batch_size", "buffer_tokens", "batch_size", "token_budget", "seed", "dtype", "device",
-               "trust_remote_code")
+DATA_FIELDS = ("model", "layer", "input_site", "output_site", "dataset", "dataset_tokens", "text_field",
+               "dataset_config", "dataset_split", "seq_len", "lm_batch_size", "buffer_tokens", "batch_size",
+               "token_budget", "seed", "dtype", "device", "trust_remote_code")
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 

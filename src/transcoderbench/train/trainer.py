@@ -388,7 +388,8 @@ class _Run:
         probe = torch.tensor([[lm.bos_token_id, lm.bos_token_id]], device=lm.device)
         widths = {k: v.shape[-1] for k, v in capture(lm, probe, None, [input_site, output_site]).items()}
         d_in, d_out = widths[input_site.name], widths[output_site.name]
-        source = resolve_text_source(c0.dataset, text_field=c0.text_field, trust_remote_code=c0.trust_remote_code)
+        source = resolve_text_source(c0.dataset, text_field=c0.text_field, split=c0.dataset_split,
+                                     dataset_config=c0.dataset_config, trust_remote_code=c0.trust_remote_code)
         self.total_steps = math.ceil(c0.token_budget / c0.batch_size)
         self.buffer = ActivationBuffer(
             lm, input_site, output_site, source, seq_len=c0.seq_len, lm_batch_size=c0.lm_batch_size,
