@@ -9,7 +9,7 @@ transcoder in fp32, and hands the result to that transcoder's accumulators.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -54,7 +54,6 @@ class PassStats:
     n_tokens_evaluated: int = 0
     """Positions kept for metrics (BOS, PAD and EOS excluded)."""
     stopped_early_after_layer: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -65,7 +64,6 @@ class PassStats:
             "n_positions_excluded": self.n_positions - self.n_tokens_evaluated,
             "excluded_positions": "BOS, PAD and EOS positions are excluded from every metric",
             "forward_pass_stopped_after_layer": self.stopped_early_after_layer,
-            **self.extra,
         }
 
 

@@ -16,7 +16,6 @@ from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from typing import Any
 
-import torch
 
 from transcoderbench import __version__
 from transcoderbench.data import resolve_text_source, token_batches
@@ -53,18 +52,6 @@ def package_versions() -> dict[str, str]:
         except importlib_metadata.PackageNotFoundError:
             out[pkg] = "not installed"
     return out
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise UserError(f"--device {device!r} is not a torch device: use cpu, cuda or cuda:N") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    return dev
 
 
 def load_transcoders(specs: dict[str, str], select: SelectOptions) -> dict[str, Transcoder]:
@@ -138,7 +125,7 @@ def evaluate_transcoders(
         model_name = choose_model(transcoders, data.model)
         say(f"loading language model {model_name} ...")
         lm = load_language_model(
-            model_name, device=str(resolve_device(data.device)), dtype=data.dtype, trust_remote_code=data.trust_remote_code
+            model_name, device=data.device, dtype=data.dtype, trust_remote_code=data.trust_remote_code
         )
     n_sequences = data.batches * data.batch_size
     runs = prepare_runs(lm, transcoders, make_accumulators, n_sequences=n_sequences)

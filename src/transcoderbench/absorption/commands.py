@@ -78,7 +78,6 @@ def cmd_absorption(args: argparse.Namespace) -> int:
         choose_model,
         load_transcoders,
         package_versions,
-        resolve_device,
     )
     from transcoderbench.lm import load_language_model
     from transcoderbench.report.outputs import write_files
@@ -97,9 +96,8 @@ def cmd_absorption(args: argparse.Namespace) -> int:
 
     transcoders = load_transcoders(specs, options_from(args, SelectOptions))
     model_name = choose_model(transcoders, model_options.model)
-    device = resolve_device(model_options.device)
     print(f"loading language model {model_name} ...", file=sys.stderr)
-    lm = load_language_model(model_name, device=str(device), dtype=model_options.dtype,
+    lm = load_language_model(model_name, device=model_options.device, dtype=model_options.dtype,
                              trust_remote_code=model_options.trust_remote_code)
     for tc in transcoders.values():
         tc.to(device=lm.device).float()

@@ -16,7 +16,7 @@ lets a variant skip every layer up to and including the splice layer.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -111,7 +111,10 @@ class CleanForward:
     """Arguments (after the hidden state) and keyword arguments each later block was called with."""
     final_hidden: Tensor
     """Input of the final norm, ``[B, T, d]``."""
-    batch_size: int = field(default=0)
+
+    @property
+    def batch_size(self) -> int:
+        return self.final_hidden.shape[0]
 
 
 def clean_forward(
@@ -163,7 +166,6 @@ def clean_forward(
         block_outputs=outputs,
         block_calls=calls,
         final_hidden=final["h"],
-        batch_size=input_ids.shape[0],
     )
 
 

@@ -92,7 +92,7 @@ def run_demo(output_dir: str | Path = "demo_output", *, progress: bool = True, e
     def say(msg: str) -> None:
         print(f"[demo {time.perf_counter() - start:5.0f}s] {msg}", file=sys.stderr, flush=True)
 
-    say(f"loading the built-in language model {DEMO_MODEL} (the first time converts it, ~30 s)")
+    say(f"loading the built-in language model {DEMO_MODEL} (the first time converts it, ~20 s)")
     lm = load_language_model(DEMO_MODEL, device="cpu")
     configs = demo_configs(out, progress, **overrides)
     say(f"step 1/3: training a Matryoshka transcoder (groups {MATRYOSHKA_GROUPS}) and a BatchTopK transcoder, both "
