@@ -30,10 +30,16 @@ from transcoderbench.transcoders import MatryoshkaTranscoder
 def transcoder(d: int, layer: int, seed: int) -> MatryoshkaTranscoder:
     g = torch.Generator().manual_seed(seed)
     width = 4 * d
-    return MatryoshkaTranscoder(torch.randn(d, width, generator=g) * 0.05, torch.zeros(width),
-                                torch.randn(width, d, generator=g) * 0.02, torch.zeros(d),
-                                input_site=f"blocks.{layer}.hook_mlp_in", output_site=f"blocks.{layer}.hook_mlp_out",
-                                prefix_ends=[d // 2, d, 2 * d, width], threshold=0.1)
+    return MatryoshkaTranscoder(
+        torch.randn(d, width, generator=g) * 0.05,
+        torch.zeros(width),
+        torch.randn(width, d, generator=g) * 0.02,
+        torch.zeros(d),
+        input_site=f"blocks.{layer}.hook_mlp_in",
+        output_site=f"blocks.{layer}.hook_mlp_out",
+        prefix_ends=[d // 2, d, 2 * d, width],
+        threshold=0.1,
+    )
 
 
 @torch.no_grad()
@@ -58,8 +64,13 @@ def floor_time(lm, batches, layer: int, n_variants: int) -> float:
 
 def ours_time(lm, batches, tcs, variants_per_pass: int) -> float:
     runs = prepare_runs(lm, tcs, n_sequences=len(batches) * batches[0].input_ids.shape[0])
-    plan = plan_downstream(lm, runs, batches[:1], n_sequences=len(batches) * batches[0].input_ids.shape[0],
-                           variants_per_pass=variants_per_pass)
+    plan = plan_downstream(
+        lm,
+        runs,
+        batches[:1],
+        n_sequences=len(batches) * batches[0].input_ids.shape[0],
+        variants_per_pass=variants_per_pass,
+    )
     start = time.perf_counter()
     run_pass(lm, runs, batches, splice=plan, show_progress=False)
     return time.perf_counter() - start
@@ -77,11 +88,20 @@ def main() -> None:
     parser.add_argument("--counts", default="1,2,4")
     args = parser.parse_args()
     lm = load_language_model(args.model)
-    batches = list(token_batches(resolve_text_source(None), lm.tokenizer, seq_len=args.seq_len,
-                                 batch_size=args.batch_size, n_batches=args.batches))
+    batches = list(
+        token_batches(
+            resolve_text_source(None),
+            lm.tokenizer,
+            seq_len=args.seq_len,
+            batch_size=args.batch_size,
+            n_batches=args.batches,
+        )
+    )
     tokens = len(batches) * args.batch_size * args.seq_len
-    print(f"model {args.model}, splice at layer {args.layer} of {lm.n_layers}, {tokens:,} tokens, "
-          f"torch threads {torch.get_num_threads()}, best of {args.repeats}")
+    print(
+        f"model {args.model}, splice at layer {args.layer} of {lm.n_layers}, {tokens:,} tokens, "
+        f"torch threads {torch.get_num_threads()}, best of {args.repeats}"
+    )
     print(f"{'transcoders':>11} {'variants':>8} {'floor s':>9} {'ours s':>9} {'ratio':>7}")
     for count in (int(c) for c in args.counts.split(",")):
         tcs = {f"t{i}": transcoder(lm.d_model, args.layer, i) for i in range(count)}

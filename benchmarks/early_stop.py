@@ -35,12 +35,25 @@ def main() -> None:
     lm = load_language_model(args.model)
     d = lm.d_model
     g = torch.Generator().manual_seed(0)
-    tc = MatryoshkaTranscoder(torch.randn(d, 4 * d, generator=g) * 0.05, torch.zeros(4 * d),
-                              torch.randn(4 * d, d, generator=g) * 0.02, torch.zeros(d),
-                              input_site=f"blocks.{args.layer}.hook_mlp_in", output_site=f"blocks.{args.layer}.hook_mlp_out",
-                              prefix_ends=[d, 2 * d, 4 * d], threshold=0.1)
-    batches = list(token_batches(resolve_text_source(None), lm.tokenizer, seq_len=args.seq_len,
-                                 batch_size=args.batch_size, n_batches=args.batches))
+    tc = MatryoshkaTranscoder(
+        torch.randn(d, 4 * d, generator=g) * 0.05,
+        torch.zeros(4 * d),
+        torch.randn(4 * d, d, generator=g) * 0.02,
+        torch.zeros(d),
+        input_site=f"blocks.{args.layer}.hook_mlp_in",
+        output_site=f"blocks.{args.layer}.hook_mlp_out",
+        prefix_ends=[d, 2 * d, 4 * d],
+        threshold=0.1,
+    )
+    batches = list(
+        token_batches(
+            resolve_text_source(None),
+            lm.tokenizer,
+            seq_len=args.seq_len,
+            batch_size=args.batch_size,
+            n_batches=args.batches,
+        )
+    )
     times: dict[bool, list[float]] = {True: [], False: []}
     results = {}
     for _ in range(args.repeats):
@@ -53,8 +66,12 @@ def main() -> None:
     assert results[True] == results[False], "early stop changed the metrics"
     early, full = min(times[True]), min(times[False])
     tokens = len(batches) * args.batch_size * args.seq_len
-    print(f"model {args.model}, layer {args.layer} of {lm.n_layers}, {tokens:,} tokens, torch threads {torch.get_num_threads()}")
-    print(f"early stop after layer {args.layer}: {early:7.2f} s  ({tokens / early:,.0f} tokens/s)   [best of {args.repeats}]")
+    print(
+        f"model {args.model}, layer {args.layer} of {lm.n_layers}, {tokens:,} tokens, torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"early stop after layer {args.layer}: {early:7.2f} s  ({tokens / early:,.0f} tokens/s)   [best of {args.repeats}]"
+    )
     print(f"full forward:               {full:7.2f} s  ({tokens / full:,.0f} tokens/s)   [best of {args.repeats}]")
     print(f"speed-up from stopping early: {full / early:.2f}x (identical FVU: {results[True]:.6f})")
 

@@ -52,23 +52,46 @@ def main(argv: list[str] | None = None) -> dict:
     load_seconds = time.perf_counter() - load_start
     groups = "1/16,1/8,1/4,9/16" if args.architecture == "matryoshka" else None
     with tempfile.TemporaryDirectory() as tmp:
-        config = TrainConfig(model=args.model, layer=args.layer, architecture=args.architecture, group_sizes=groups,
-                             dict_size=args.dict_size, top_k=args.top_k, batch_size=args.batch_size,
-                             token_budget=args.batch_size * args.steps, lm_batch_size=args.lm_batch_size,
-                             seq_len=args.seq_len, buffer_tokens=args.buffer_tokens, device=args.device,
-                             dead_window=4 * args.batch_size, warmup_steps=5, lr=3e-3, output_dir=f"{tmp}/run")
+        config = TrainConfig(
+            model=args.model,
+            layer=args.layer,
+            architecture=args.architecture,
+            group_sizes=groups,
+            dict_size=args.dict_size,
+            top_k=args.top_k,
+            batch_size=args.batch_size,
+            token_budget=args.batch_size * args.steps,
+            lm_batch_size=args.lm_batch_size,
+            seq_len=args.seq_len,
+            buffer_tokens=args.buffer_tokens,
+            device=args.device,
+            dead_window=4 * args.batch_size,
+            warmup_steps=5,
+            lr=3e-3,
+            output_dir=f"{tmp}/run",
+        )
         result = train(config, lm=lm, log=lambda msg: print(msg, file=sys.stderr))[0]
     t = result.timing
     tokens = args.batch_size * args.steps
     lm_tokens = result.transcoder.info["training"]["buffer"]["lm_tokens_read"]
     other = t["total_seconds"] - t["lm_seconds"] - t["transcoder_seconds"]
     out = {
-        "model": args.model, "layer": args.layer, "architecture": args.architecture, "dict_size": args.dict_size,
-        "top_k": args.top_k, "batch_size": args.batch_size, "steps": args.steps, "device": args.device,
-        "torch_threads": torch.get_num_threads(), "model_load_seconds": round(load_seconds, 2),
-        "training_tokens": tokens, "lm_tokens_read": lm_tokens,
-        "total_seconds": round(t["total_seconds"], 2), "lm_seconds": round(t["lm_seconds"], 2),
-        "transcoder_seconds": round(t["transcoder_seconds"], 2), "other_seconds": round(other, 2),
+        "model": args.model,
+        "layer": args.layer,
+        "architecture": args.architecture,
+        "dict_size": args.dict_size,
+        "top_k": args.top_k,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "device": args.device,
+        "torch_threads": torch.get_num_threads(),
+        "model_load_seconds": round(load_seconds, 2),
+        "training_tokens": tokens,
+        "lm_tokens_read": lm_tokens,
+        "total_seconds": round(t["total_seconds"], 2),
+        "lm_seconds": round(t["lm_seconds"], 2),
+        "transcoder_seconds": round(t["transcoder_seconds"], 2),
+        "other_seconds": round(other, 2),
         "tokens_per_second": round(tokens / t["total_seconds"], 1),
         "lm_tokens_per_second": round(lm_tokens / max(t["lm_seconds"], 1e-9), 1),
         "transcoder_tokens_per_second": round(tokens / max(t["transcoder_seconds"], 1e-9), 1),
@@ -76,12 +99,18 @@ def main(argv: list[str] | None = None) -> dict:
         "transcoder_share": round(t["transcoder_seconds"] / t["total_seconds"], 3),
         "last_step_fvu": round(result.final_metrics["fvu"], 4),
     }
-    print(f"training throughput: {out['tokens_per_second']:,.0f} tokens/s over {tokens:,} tokens "
-          f"({out['total_seconds']:.1f} s)")
-    print(f"  language model: {out['lm_share']:.0%} of the time, {out['lm_tokens_per_second']:,.0f} tokens/s "
-          f"(forward to layer {args.layer})")
-    print(f"  transcoder steps: {out['transcoder_share']:.0%} of the time, "
-          f"{out['transcoder_tokens_per_second']:,.0f} tokens/s")
+    print(
+        f"training throughput: {out['tokens_per_second']:,.0f} tokens/s over {tokens:,} tokens "
+        f"({out['total_seconds']:.1f} s)"
+    )
+    print(
+        f"  language model: {out['lm_share']:.0%} of the time, {out['lm_tokens_per_second']:,.0f} tokens/s "
+        f"(forward to layer {args.layer})"
+    )
+    print(
+        f"  transcoder steps: {out['transcoder_share']:.0%} of the time, "
+        f"{out['transcoder_tokens_per_second']:,.0f} tokens/s"
+    )
     print(f"  other (shuffling, logging, checkpoint): {other:.1f} s")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:

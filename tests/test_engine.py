@@ -17,23 +17,32 @@ SEQ_LEN, BATCH, N_BATCHES = 24, 3, 4
 def random_transcoders(d: int, layer: int, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     mat = MatryoshkaTranscoder(
-        torch.randn(d, 48, generator=g) * 0.4, torch.randn(48, generator=g) * 0.1,
-        torch.randn(48, d, generator=g) * 0.2, torch.randn(d, generator=g) * 0.1,
-        input_site=f"blocks.{layer}.hook_mlp_in", output_site=f"blocks.{layer}.hook_mlp_out",
-        prefix_ends=[8, 24, 48], threshold=0.05, input_unit_norm=True,
+        torch.randn(d, 48, generator=g) * 0.4,
+        torch.randn(48, generator=g) * 0.1,
+        torch.randn(48, d, generator=g) * 0.2,
+        torch.randn(d, generator=g) * 0.1,
+        input_site=f"blocks.{layer}.hook_mlp_in",
+        output_site=f"blocks.{layer}.hook_mlp_out",
+        prefix_ends=[8, 24, 48],
+        threshold=0.05,
+        input_unit_norm=True,
     )
     jump = JumpReLUTranscoder(
-        torch.randn(d, 32, generator=g) * 0.4, torch.randn(32, generator=g) * 0.1,
-        torch.randn(32, d, generator=g) * 0.2, torch.zeros(d),
-        input_site=f"blocks.{layer}.ln2.hook_normalized", output_site=f"blocks.{layer}.hook_mlp_out",
+        torch.randn(d, 32, generator=g) * 0.4,
+        torch.randn(32, generator=g) * 0.1,
+        torch.randn(32, d, generator=g) * 0.2,
+        torch.zeros(d),
+        input_site=f"blocks.{layer}.ln2.hook_normalized",
+        output_site=f"blocks.{layer}.hook_mlp_out",
         threshold=torch.rand(32, generator=g) * 0.3,
     )
     return {"mat": mat, "jump": jump}
 
 
 def batches(lm):
-    return list(token_batches(resolve_text_source(None), lm.tokenizer, seq_len=SEQ_LEN, batch_size=BATCH,
-                              n_batches=N_BATCHES))
+    return list(
+        token_batches(resolve_text_source(None), lm.tokenizer, seq_len=SEQ_LEN, batch_size=BATCH, n_batches=N_BATCHES)
+    )
 
 
 def reference_activations(lm, tbs, layer: int):
@@ -87,11 +96,15 @@ def test_pass_matches_hooks_and_sklearn(tiny_lm, family):
     assert res["sparsity"]["l0_mean"] == pytest.approx((f > 0).sum(-1).double().mean().item(), rel=1e-9)
     for p, end in zip(res["prefixes"]["per_prefix"], (8, 24, 48)):
         yp = (f[:, :end] @ mat.W_dec[:end] + mat.b_dec) * sd + mu
-        assert p["fvu"] == pytest.approx(1 - r2_score(yk, yp.detach().numpy(), multioutput="variance_weighted"), rel=1e-5)
+        assert p["fvu"] == pytest.approx(
+            1 - r2_score(yk, yp.detach().numpy(), multioutput="variance_weighted"), rel=1e-5
+        )
 
     # JumpReLU on the gain-free normalised input (eps read from the model's own norm module).
     jump = tcs["jump"].double()
-    norm = lm.layers[layer].pre_feedforward_layernorm if family == "gemma2" else lm.layers[layer].post_attention_layernorm
+    norm = (
+        lm.layers[layer].pre_feedforward_layernorm if family == "gemma2" else lm.layers[layer].post_attention_layernorm
+    )
     eps = getattr(norm, "eps", getattr(norm, "variance_epsilon", None))
     xn = xm * torch.rsqrt(xm.pow(2).mean(-1, keepdim=True) + eps)
     pre = xn @ jump.W_enc + jump.b_enc
@@ -127,7 +140,9 @@ def test_streaming_equals_one_big_batch(tiny_lm):
     tbs = batches(lm)
     many = prepare_runs(lm, tcs)
     run_pass(lm, many, tbs, show_progress=False)
-    merged = type(tbs[0])(*(torch.cat([getattr(tb, k) for tb in tbs]) for k in ("input_ids", "attention_mask", "keep", "seq_index")))
+    merged = type(tbs[0])(
+        *(torch.cat([getattr(tb, k) for tb in tbs]) for k in ("input_ids", "attention_mask", "keep", "seq_index"))
+    )
     one = prepare_runs(lm, {"mat": random_transcoders(lm.d_model, 0)["mat"]})
     run_pass(lm, one, [merged], show_progress=False)
     a, b = many[0].results(), one[0].results()
@@ -143,9 +158,15 @@ def test_dead_latents_and_l0_exact_on_hand_built_transcoder(tiny_lm):
     d, n = lm.d_model, 8
     b_enc = torch.full((n,), -5.0)
     b_enc[[0, 3]] = 5.0
-    tc = JumpReLUTranscoder(torch.zeros(d, n), b_enc, torch.randn(n, d), torch.zeros(d),
-                            input_site="blocks.0.hook_mlp_in", output_site="blocks.0.hook_mlp_out",
-                            threshold=torch.zeros(n))
+    tc = JumpReLUTranscoder(
+        torch.zeros(d, n),
+        b_enc,
+        torch.randn(n, d),
+        torch.zeros(d),
+        input_site="blocks.0.hook_mlp_in",
+        output_site="blocks.0.hook_mlp_out",
+        threshold=torch.zeros(n),
+    )
     runs = prepare_runs(lm, {"hand": tc})
     stats = run_pass(lm, runs, batches(lm), show_progress=False)
     sp = runs[0].results()["sparsity"]
@@ -172,9 +193,15 @@ def test_forward_stops_after_deepest_needed_layer(tiny_lm):
 def test_width_mismatch_is_a_user_error(tiny_lm):
     lm = tiny_lm("llama")
     d = lm.d_model + 3
-    tc = JumpReLUTranscoder(torch.zeros(d, 4), torch.zeros(4), torch.zeros(4, d), torch.zeros(d),
-                            input_site="blocks.0.hook_mlp_in", output_site="blocks.0.hook_mlp_out",
-                            threshold=torch.zeros(4))
+    tc = JumpReLUTranscoder(
+        torch.zeros(d, 4),
+        torch.zeros(4),
+        torch.zeros(4, d),
+        torch.zeros(d),
+        input_site="blocks.0.hook_mlp_in",
+        output_site="blocks.0.hook_mlp_out",
+        threshold=torch.zeros(4),
+    )
     with pytest.raises(UserError, match=r"d_in=.* but site blocks\.0\.hook_mlp_in .* has width"):
         prepare_runs(lm, {"wide": tc})
 

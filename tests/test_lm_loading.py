@@ -64,8 +64,9 @@ def test_local_directory(tiny_model_dir, family):
 def test_gpt2_bos_falls_back_to_eos(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-    config = GPT2Config(vocab_size=512, n_embd=16, n_layer=2, n_head=2, n_positions=32, bos_token_id=None,
-                        eos_token_id=2)
+    config = GPT2Config(
+        vocab_size=512, n_embd=16, n_layer=2, n_head=2, n_positions=32, bos_token_id=None, eos_token_id=2
+    )
     GPT2LMHeadModel(config).save_pretrained(tmp_path)
     tok = make_tiny_tokenizer()
     PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer, eos_token="<eos>").save_pretrained(tmp_path)

@@ -6,8 +6,8 @@ import functools
 
 import pytest
 import torch
-from test_engine import batches, random_transcoders, reference_activations
 
+from test_engine import batches, random_transcoders, reference_activations
 from transcoderbench.engine import prepare_runs, run_pass
 from transcoderbench.metrics import (
     BootstrapOptions,
@@ -28,8 +28,12 @@ def test_sequence_sums_match_pooled_metrics_and_hand_prefix_l0(tiny_lm, family):
         tcs.pop("jump")  # GPT-2 has no RMS-normalised site; the Matryoshka one reads resid_mid
     opts = BootstrapOptions(bootstrap_resamples=100)
     tbs = batches(lm)
-    runs = prepare_runs(lm, tcs, functools.partial(default_accumulators, bootstrap=opts),
-                        n_sequences=len(tbs) * tbs[0].input_ids.shape[0])
+    runs = prepare_runs(
+        lm,
+        tcs,
+        functools.partial(default_accumulators, bootstrap=opts),
+        n_sequences=len(tbs) * tbs[0].input_ids.shape[0],
+    )
     run_pass(lm, runs, tbs, show_progress=False)
     for run in runs:
         res = run.results()

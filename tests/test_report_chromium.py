@@ -15,13 +15,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
 from test_report_html import write_compare_dir
 
 BINARIES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 # Headless as root on a machine with no network: no sandbox, no GPU, and none of Chromium's
 # background connections (they would be refused, many at a time).
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+)
 FRONTIER_BLUE = np.array([31, 119, 180])  # the first transcoder's colour in every plot (#1f77b4)
 
 #: Injected into a copy of the page only (the report itself has no script): after load, record
@@ -41,14 +51,17 @@ def chromium() -> str:
         if path:
             return path
     if os.environ.get("TRANSCODERBENCH_REQUIRE_CHROMIUM"):
-        pytest.fail("TRANSCODERBENCH_REQUIRE_CHROMIUM is set but no chromium binary is on PATH (apt-get install chromium)")
+        pytest.fail(
+            "TRANSCODERBENCH_REQUIRE_CHROMIUM is set but no chromium binary is on PATH (apt-get install chromium)"
+        )
     pytest.skip("no chromium binary on PATH (install Debian's `chromium`; .ci/run does)")
 
 
 def run_chromium(binary: str, tmp: Path, *args: str) -> subprocess.CompletedProcess:
     profile = tmp / f"profile-{len(list(tmp.glob('profile-*')))}"
-    return subprocess.run([binary, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True,
-                          timeout=180, check=False)
+    return subprocess.run(
+        [binary, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=180, check=False
+    )
 
 
 @pytest.fixture(scope="module")

@@ -33,8 +33,9 @@ OPTS = BootstrapOptions(bootstrap_resamples=400, bootstrap_seed=3)
 
 
 def token_list(lm, n_batches: int) -> list:
-    return list(token_batches(resolve_text_source(None), lm.tokenizer, seq_len=SEQ_LEN, batch_size=BATCH,
-                              n_batches=n_batches))
+    return list(
+        token_batches(resolve_text_source(None), lm.tokenizer, seq_len=SEQ_LEN, batch_size=BATCH, n_batches=n_batches)
+    )
 
 
 def fitted_transcoders(lm, layer: int = 1, d_sae: int = 48, seed: int = 0) -> dict[str, Any]:
@@ -64,8 +65,9 @@ def fitted_transcoders(lm, layer: int = 1, d_sae: int = 48, seed: int = 0) -> di
         if kind == "topk":
             tc = TopKTranscoder(W_enc, b_enc, torch.zeros(d_sae, d), torch.zeros(d), k=12, **kwargs)
         else:
-            tc = MatryoshkaTranscoder(W_enc, b_enc, torch.zeros(d_sae, d), torch.zeros(d), prefix_ends=[8, 24, d_sae],
-                                      threshold=0.0, **kwargs)
+            tc = MatryoshkaTranscoder(
+                W_enc, b_enc, torch.zeros(d_sae, d), torch.zeros(d), prefix_ends=[8, 24, d_sae], threshold=0.0, **kwargs
+            )
         f = tc.double().encode(x)
         design = torch.cat([f, torch.ones(f.shape[0], 1, dtype=torch.float64)], dim=1)
         sol = torch.linalg.lstsq(design, y, driver="gelsd").solution
@@ -76,8 +78,9 @@ def fitted_transcoders(lm, layer: int = 1, d_sae: int = 48, seed: int = 0) -> di
     return out
 
 
-def evaluate_pass(lm, transcoders: dict[str, Any], n_batches: int = 6, options: BootstrapOptions = OPTS,
-                  downstream: bool = False) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list]:
+def evaluate_pass(
+    lm, transcoders: dict[str, Any], n_batches: int = 6, options: BootstrapOptions = OPTS, downstream: bool = False
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list]:
     """One real pass -> (meta, metrics by name, runs), metrics built as evaluate_transcoders builds them.
 
     With ``downstream`` the reconstructions are also spliced into the model (the engine's splice plan).
@@ -98,13 +101,19 @@ def evaluate_pass(lm, transcoders: dict[str, Any], n_batches: int = 6, options: 
     stats = run_pass(lm, runs, tbs, show_progress=False, splice=plan)
     metrics = {}
     for run in runs:
-        sites = {side: {"name": s.name, "module": s.module_path, "direction": s.direction, "normalize": s.normalize}
-                 for side, s in (("input", run.input_site), ("output", run.output_site))}
+        sites = {
+            side: {"name": s.name, "module": s.module_path, "direction": s.direction, "normalize": s.normalize}
+            for side, s in (("input", run.input_site), ("output", run.output_site))
+        }
         metrics[run.name] = transcoder_metrics(run.name, run.transcoder, run.results(), sites)
     attach_uncertainty({run.name: run.accumulators for run in runs}, metrics, options)
-    meta = {"created": datetime(2026, 1, 1, tzinfo=timezone.utc).isoformat(), "model": lm.describe(),
-            "dataset": {"name": "built-in corpus"},
-            "tokens": {"seq_len": SEQ_LEN, "batch_size": BATCH, **stats.as_dict()}, "versions": package_versions()}
+    meta = {
+        "created": datetime(2026, 1, 1, tzinfo=timezone.utc).isoformat(),
+        "model": lm.describe(),
+        "dataset": {"name": "built-in corpus"},
+        "tokens": {"seq_len": SEQ_LEN, "batch_size": BATCH, **stats.as_dict()},
+        "versions": package_versions(),
+    }
     return meta, metrics, runs
 
 
@@ -195,8 +204,9 @@ def test_intervals_shrink_with_more_sequences(llama, fitted):
 
 
 def test_intervals_are_off_with_zero_resamples(llama, fitted):
-    _, metrics, _ = evaluate_pass(llama, {"t": fitted["topk"]}, n_batches=2,
-                                  options=BootstrapOptions(bootstrap_resamples=0))
+    _, metrics, _ = evaluate_pass(
+        llama, {"t": fitted["topk"]}, n_batches=2, options=BootstrapOptions(bootstrap_resamples=0)
+    )
     unc = metrics["t"]["uncertainty"]
     assert unc["intervals"] == {} and "turned off" in unc["note"]
     record = comparison_record({}, {"a": metrics["t"], "b": copy.deepcopy(metrics["t"])})

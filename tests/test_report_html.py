@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from matplotlib.image import imread
-from test_report_compare import evaluate_pass, fitted_transcoders
 
+from test_report_compare import evaluate_pass, fitted_transcoders
 from transcoderbench.cli import main
 from transcoderbench.errors import UserError
 from transcoderbench.report.comparison import comparison_record, comparison_summary
@@ -22,8 +22,16 @@ from transcoderbench.report.outputs import write_files
 from transcoderbench.report.summary import evaluation_summary
 
 #: What the absorption phase writes (its own module is tested elsewhere); used to check the report shows it.
-ABSORPTION = {"mean_absorption_fraction": 0.31, "full_absorption_rate": 0.12, "mean_num_split_latents": 1.4,
-              "n_letters_scored": 22, "probe_f1": 0.83, "per_letter": {}, "mode": "encoder", "note": "test"}
+ABSORPTION = {
+    "mean_absorption_fraction": 0.31,
+    "full_absorption_rate": 0.12,
+    "mean_num_split_latents": 1.4,
+    "n_letters_scored": 22,
+    "probe_f1": 0.83,
+    "per_letter": {},
+    "mode": "encoder",
+    "note": "test",
+}
 
 
 def write_compare_dir(lm, out: Path) -> Path:

@@ -25,9 +25,25 @@ from transcoderbench.train import TrainConfig, TranscoderTrainer, train
 from transcoderbench.train.buffer import ActivationBuffer
 
 K = 4
-TINY = dict(layer=1, dict_size=64, top_k=K, top_k_aux=16, lr=1e-2, warmup_steps=5, min_lr=1e-3, batch_size=256,
-            token_budget=256 * 80, dead_window=2048, seq_len=64, lm_batch_size=16, buffer_tokens=4096, log_every=5,
-            dataset="builtin:stdlib-docstrings", device="cpu", progress=False)
+TINY = dict(
+    layer=1,
+    dict_size=64,
+    top_k=K,
+    top_k_aux=16,
+    lr=1e-2,
+    warmup_steps=5,
+    min_lr=1e-3,
+    batch_size=256,
+    token_budget=256 * 80,
+    dead_window=2048,
+    seq_len=64,
+    lm_batch_size=16,
+    buffer_tokens=4096,
+    log_every=5,
+    dataset="builtin:stdlib-docstrings",
+    device="cpu",
+    progress=False,
+)
 HELD_OUT = "builtin:pydoc_data.topics"
 
 
@@ -36,9 +52,12 @@ def trained(tiny_lm, tmp_path_factory):
     """A Matryoshka and a BatchTopK transcoder trained side by side on the tiny Llama."""
     lm = tiny_lm("llama")
     root = tmp_path_factory.mktemp("train")
-    configs = [TrainConfig(**TINY, model=lm.name, architecture="matryoshka", group_sizes="8,24,32",
-                           output_dir=str(root / "mat")),
-               TrainConfig(**TINY, model=lm.name, architecture="batchtopk", output_dir=str(root / "btk"))]
+    configs = [
+        TrainConfig(
+            **TINY, model=lm.name, architecture="matryoshka", group_sizes="8,24,32", output_dir=str(root / "mat")
+        ),
+        TrainConfig(**TINY, model=lm.name, architecture="batchtopk", output_dir=str(root / "btk")),
+    ]
     results = train(configs, names=["mat", "btk"], lm=lm, log=lambda m: None)
     return {r.name: r for r in results}
 
@@ -62,8 +81,14 @@ def held_out(trained, tiny_lm):
     """Both saved checkpoints, reloaded and evaluated on text they were not trained on."""
     tcs = {name: load_transcoder(str(r.output_dir)) for name, r in trained.items()}
     data = DataOptions(dataset=HELD_OUT, batches=6, batch_size=8, seq_len=64, device="cpu", progress=False)
-    return evaluate_transcoders(tcs, data, DownstreamOptions(downstream=False), run_absorption_phase=False,
-                                lm=tiny_lm("llama"), log=lambda m: None)
+    return evaluate_transcoders(
+        tcs,
+        data,
+        DownstreamOptions(downstream=False),
+        run_absorption_phase=False,
+        lm=tiny_lm("llama"),
+        log=lambda m: None,
+    )
 
 
 def test_heldout_prefix_fvus_never_increase(held_out):
@@ -122,8 +147,18 @@ def test_resumed_run_reaches_the_same_weights(tiny_lm, tmp_path, monkeypatch, mo
         data = dict(dataset=str(tmp_path / "small.txt"), buffer_tokens=16384)
     else:  # a buffer far smaller than the data: refills, shuffles, and an unserved remainder to save
         data = dict(buffer_tokens=1536)
-    base = dict(TINY, model=lm.name, architecture="matryoshka", group_sizes="1/4,3/4", token_budget=256 * 24, dict_size=256,
-                checkpoint_every=10, dead_window=1, log_every=2, **data)
+    base = dict(
+        TINY,
+        model=lm.name,
+        architecture="matryoshka",
+        group_sizes="1/4,3/4",
+        token_budget=256 * 24,
+        dict_size=256,
+        checkpoint_every=10,
+        dead_window=1,
+        log_every=2,
+        **data,
+    )
     whole = TrainConfig(**{**base, "output_dir": str(tmp_path / "whole")})
     resumed = TrainConfig(**{**base, "output_dir": str(tmp_path / "resumed")})
     result = train(whole, lm=lm, log=lambda m: None)[0]
@@ -144,14 +179,23 @@ def test_resumed_run_reaches_the_same_weights(tiny_lm, tmp_path, monkeypatch, mo
         assert torch.equal(a[key], b[key]), key
     strip = lambda rows: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in rows]
     assert strip(read_jsonl(tmp_path / "whole" / "metrics.jsonl")) == strip(
-        read_jsonl(tmp_path / "resumed" / "metrics.jsonl"))
+        read_jsonl(tmp_path / "resumed" / "metrics.jsonl")
+    )
     assert not (tmp_path / "resumed" / "resume").exists()  # a finished run leaves no resume state
 
 
 def test_resume_refuses_changed_settings(tiny_lm, tmp_path, monkeypatch):
     lm = tiny_lm("llama")
-    config = TrainConfig(**{**TINY, "model": lm.name, "architecture": "topk", "token_budget": 256 * 8,
-                            "checkpoint_every": 4, "output_dir": str(tmp_path / "run")})
+    config = TrainConfig(
+        **{
+            **TINY,
+            "model": lm.name,
+            "architecture": "topk",
+            "token_budget": 256 * 8,
+            "checkpoint_every": 4,
+            "output_dir": str(tmp_path / "run"),
+        }
+    )
     interrupted_run(monkeypatch, config, lm, after_batches=6)
     with pytest.raises(UserError, match="--top_k: the run in .* was started with 4, not 5"):
         train(dataclasses.replace(config, top_k=5), resume=True, lm=lm)
@@ -180,9 +224,19 @@ def test_aux_loss_revives_latents_dead_at_initialisation():
             x = ((1 + torch.rand(batch, k, generator=g))[..., None] * directions[idx]).sum(1)
             return x, x
 
-        config = TrainConfig(layer=0, architecture="batchtopk", dict_size=n_latents, top_k=k, top_k_aux=8,
-                             aux_penalty=aux_penalty, lr=1e-2, warmup_steps=0, batch_size=batch,
-                             token_budget=batch * 60, dead_window=2 * batch)
+        config = TrainConfig(
+            layer=0,
+            architecture="batchtopk",
+            dict_size=n_latents,
+            top_k=k,
+            top_k_aux=8,
+            aux_penalty=aux_penalty,
+            lr=1e-2,
+            warmup_steps=0,
+            batch_size=batch,
+            token_budget=batch * 60,
+            dead_window=2 * batch,
+        )
         t = TranscoderTrainer(config, d_in=d, d_out=d, input_site="a", output_site="b")
         t.init_from_data(*sample())
         with torch.no_grad():
@@ -209,22 +263,42 @@ def test_aux_loss_revives_latents_dead_at_initialisation():
 # ------------------------------------------------------------------------------ command line
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "transcoderbench", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "transcoderbench", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_checkpoints_load_in_evaluate_and_compare(trained, tiny_model_dir, tmp_path):
     model = str(tiny_model_dir("llama"))
     mat, btk = (str(trained[n].output_dir) for n in ("mat", "btk"))
     # (the tiny model's 128 positions cannot hold the absorption phase's prompts)
-    common = ["--model", model, "--batches", "2", "--batch_size", "4", "--seq_len", "32", "--no-progress",
-              "--no-absorption"]
+    common = [
+        "--model",
+        model,
+        "--batches",
+        "2",
+        "--batch_size",
+        "4",
+        "--seq_len",
+        "32",
+        "--no-progress",
+        "--no-absorption",
+    ]
     ev = run_cli("evaluate", "--checkpoint", mat, "--output_dir", str(tmp_path / "ev"), *common, cwd=tmp_path)
     assert ev.returncode == 0, ev.stderr
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["transcoder"]["architecture"] == "matryoshka_batchtopk" and metrics["training"]["top_k"] == K
-    cp = run_cli("compare", "--transcoder", f"mat={mat}", "--transcoder", f"btk={btk}", "--output_dir",
-                 str(tmp_path / "cp"), *common, cwd=tmp_path)
+    cp = run_cli(
+        "compare",
+        "--transcoder",
+        f"mat={mat}",
+        "--transcoder",
+        f"btk={btk}",
+        "--output_dir",
+        str(tmp_path / "cp"),
+        *common,
+        cwd=tmp_path,
+    )
     assert cp.returncode == 0, cp.stderr
     comparison = json.loads((tmp_path / "cp" / "comparison.json").read_text())
     assert set(comparison["transcoders"]) == {"mat", "btk"}
@@ -235,7 +309,8 @@ def test_train_command_with_config_file(tiny_model_dir, tmp_path, capsys):
     (tmp_path / "run.yaml").write_text(
         f"model: {model}\nlayer: 1\narchitecture: matryoshka\ngroup_sizes: [16, 48]\ndict_size: 64\ntop_k: 8\n"
         "batch_size: 256\ntoken_budget: 1024\nseq_len: 64\nlm_batch_size: 16\nbuffer_tokens: 2048\nlr: 0.01\n"
-        "warmup_steps: 1\nprogress: false\n")
+        "warmup_steps: 1\nprogress: false\n"
+    )
     out = tmp_path / "run"
     assert main(["train", "--config", str(tmp_path / "run.yaml"), "--top_k", "4", "--output_dir", str(out)]) == 0
     assert str(out) in capsys.readouterr().out
@@ -248,13 +323,16 @@ def test_train_command_with_config_file(tiny_model_dir, tmp_path, capsys):
     assert torch.equal(load_transcoder(str(tmp_path / "again")).W_enc, tc.W_enc)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--config", "{dir}/bad.json"], "unknown key 'learning_rate'"),
-    (["--layer", "1", "--group_sizes", "1/2,1/4"], "fractions must add up to 1"),
-    (["--layer", "1", "--top_k", "lots"], "--top_k: top_k='lots' is not a valid int"),
-    (["--output_dir", "{dir}/nothing", "--resume"], "holds no resume state"),
-    (["--layer", "1", "--wandb", "--output_dir", "{dir}/w"], None),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--config", "{dir}/bad.json"], "unknown key 'learning_rate'"),
+        (["--layer", "1", "--group_sizes", "1/2,1/4"], "fractions must add up to 1"),
+        (["--layer", "1", "--top_k", "lots"], "--top_k: top_k='lots' is not a valid int"),
+        (["--output_dir", "{dir}/nothing", "--resume"], "holds no resume state"),
+        (["--layer", "1", "--wandb", "--output_dir", "{dir}/w"], None),
+    ],
+)
 def test_train_command_errors_are_one_line(tmp_path, capsys, args, message):
     (tmp_path / "bad.json").write_text(json.dumps({"layer": 1, "learning_rate": 0.1}))
     if message is None:  # --wandb without the package installed

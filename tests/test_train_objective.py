@@ -146,8 +146,16 @@ def test_aux_loss_matches_dense_reference():
 
 def test_one_step_keeps_decoder_rows_unit_and_moves_orthogonally():
     """The decoder update: the gradient part along each row is removed, then rows are renormalised."""
-    c = TrainConfig(layer=0, architecture="batchtopk", dict_size=24, top_k=3, lr=1e-2, warmup_steps=0,
-                    batch_size=64, token_budget=64 * 10)
+    c = TrainConfig(
+        layer=0,
+        architecture="batchtopk",
+        dict_size=24,
+        top_k=3,
+        lr=1e-2,
+        warmup_steps=0,
+        batch_size=64,
+        token_budget=64 * 10,
+    )
     t = TranscoderTrainer(c, d_in=8, d_out=8, input_site="a", output_site="b")
     assert torch.allclose(t.params["W_enc"], t.params["W_dec"].T)  # encoder = decoder transposed (d_in == d_out)
     g = torch.Generator().manual_seed(6)
@@ -188,8 +196,13 @@ def test_group_sizes_parsing():
     assert parse_group_sizes("1/16,1/16,1/8,1/4,1/2", 4096) == [256, 256, 512, 1024, 2048]
     assert parse_group_sizes("0.25, 0.75", 10) == [2, 8]
     assert parse_group_sizes("1/3,1/3,1/3", 10) == [3, 3, 4]
-    for bad, why in (("128,256", "add up to 384"), ("1/2,1/4", "add up to 0.75"), ("a,b", "whole number"),
-                     ("0,1", "larger than 0"), ("1/100,99/100", "no latents")):
+    for bad, why in (
+        ("128,256", "add up to 384"),
+        ("1/2,1/4", "add up to 0.75"),
+        ("a,b", "whole number"),
+        ("0,1", "larger than 0"),
+        ("1/100,99/100", "no latents"),
+    ):
         with pytest.raises(UserError, match=why):
             parse_group_sizes(bad, 64 if "100" in bad else 2304)
 

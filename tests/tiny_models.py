@@ -55,7 +55,11 @@ def make_config(family: str):
         return Gemma3TextConfig(**_gemma_text_kwargs())
     if family == "gemma3-multimodal":
         vision = SiglipVisionConfig(
-            hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=28,
             patch_size=14,
         )
         return Gemma3Config(
@@ -81,13 +85,24 @@ def make_config(family: str):
         )
     if family == "gpt2":
         return GPT2Config(
-            vocab_size=VOCAB_SIZE, n_embd=HIDDEN, n_layer=N_LAYERS, n_head=4, n_positions=128,
-            bos_token_id=1, eos_token_id=2,
+            vocab_size=VOCAB_SIZE,
+            n_embd=HIDDEN,
+            n_layer=N_LAYERS,
+            n_head=4,
+            n_positions=128,
+            bos_token_id=1,
+            eos_token_id=2,
         )
     if family == "opt":  # an architecture without a site table: only module-path sites apply
         return OPTConfig(
-            vocab_size=VOCAB_SIZE, hidden_size=HIDDEN, word_embed_proj_dim=HIDDEN, ffn_dim=2 * HIDDEN,
-            num_hidden_layers=N_LAYERS, num_attention_heads=4, max_position_embeddings=128, **_SPECIAL,
+            vocab_size=VOCAB_SIZE,
+            hidden_size=HIDDEN,
+            word_embed_proj_dim=HIDDEN,
+            ffn_dim=2 * HIDDEN,
+            num_hidden_layers=N_LAYERS,
+            num_attention_heads=4,
+            max_position_embeddings=128,
+            **_SPECIAL,
         )
     raise ValueError(f"unknown tiny family {family!r}")
 

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from transcoderbench.absorption.options import AbsorptionOptions
 from transcoderbench.errors import UserError
 from transcoderbench.metrics.bootstrap import BootstrapOptions
-from transcoderbench.absorption.options import AbsorptionOptions
 from transcoderbench.options import AbsorptionSwitch, DataOptions, DownstreamOptions, SelectOptions
 
 
@@ -87,9 +87,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     out_dir = check_output_dir(Path(args.output_dir) if args.output_dir else default_eval_dir(args.checkpoint))
     transcoders = load_transcoders({args.name: args.checkpoint}, options_from(args, SelectOptions))
-    result = evaluate_transcoders(transcoders, options_from(args, DataOptions), options_from(args, DownstreamOptions),
-                                  options_from(args, BootstrapOptions), options_from(args, AbsorptionOptions),
-                                  run_absorption_phase=args.absorption)
+    result = evaluate_transcoders(
+        transcoders,
+        options_from(args, DataOptions),
+        options_from(args, DownstreamOptions),
+        options_from(args, BootstrapOptions),
+        options_from(args, AbsorptionOptions),
+        run_absorption_phase=args.absorption,
+    )
     m = result.metrics[args.name]
     files = {"metrics.json": {"meta": result.meta, **m}, "summary.txt": evaluation_summary(result.meta, m)}
     print_outputs(write_files(out_dir, add_report(files, result.meta, {args.name: m})))
@@ -113,7 +118,9 @@ def parse_named_specs(args: argparse.Namespace) -> dict[str, str]:
             raise UserError(f"{flag}: the name {name!r} is used twice; give each transcoder its own name")
         specs[name] = spec
     if len(specs) < 2:
-        raise UserError("compare needs at least two transcoders: --ours_checkpoint and --google_dir, or --transcoder NAME=SPEC ...")
+        raise UserError(
+            "compare needs at least two transcoders: --ours_checkpoint and --google_dir, or --transcoder NAME=SPEC ..."
+        )
     return specs
 
 
@@ -126,9 +133,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out_dir = check_output_dir(Path(args.output_dir))
     specs = parse_named_specs(args)
     transcoders = load_transcoders(specs, options_from(args, SelectOptions))
-    result = evaluate_transcoders(transcoders, options_from(args, DataOptions), options_from(args, DownstreamOptions),
-                                  options_from(args, BootstrapOptions), options_from(args, AbsorptionOptions),
-                                  run_absorption_phase=args.absorption)
+    result = evaluate_transcoders(
+        transcoders,
+        options_from(args, DataOptions),
+        options_from(args, DownstreamOptions),
+        options_from(args, BootstrapOptions),
+        options_from(args, AbsorptionOptions),
+        run_absorption_phase=args.absorption,
+    )
     files: dict[str, Any] = {f"{name}_metrics.json": {"meta": result.meta, **m} for name, m in result.metrics.items()}
     files["comparison.json"] = comparison_record(result.meta, result.metrics)
     files["summary.txt"] = comparison_summary(result.meta, result.metrics)
@@ -144,8 +156,11 @@ def print_outputs(paths: Sequence[Path]) -> None:
 
 # ------------------------------------------------------------------ parser
 # Modules that add further commands: each defines ``register(subparsers)`` and sets ``func``.
-COMMAND_MODULES: list[str] = ["transcoderbench.report.commands", "transcoderbench.absorption.commands",
-                              "transcoderbench.train.commands"]
+COMMAND_MODULES: list[str] = [
+    "transcoderbench.report.commands",
+    "transcoderbench.absorption.commands",
+    "transcoderbench.train.commands",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,15 +171,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     sub.required = True
 
-    ev = sub.add_parser("evaluate", help="evaluate one transcoder checkpoint",
-                        description="Evaluate one transcoder at its own input and output sites; writes metrics.json "
-                                    "and summary.txt.")
-    add_flag(ev, "checkpoint", required=True, metavar="PATH",
-             help="checkpoint: native or legacy directory, Gemma Scope params.npz / snapshot / hub id, "
-                  "Gemma Scope 2 folder, or SAELens folder")
+    ev = sub.add_parser(
+        "evaluate",
+        help="evaluate one transcoder checkpoint",
+        description="Evaluate one transcoder at its own input and output sites; writes metrics.json and summary.txt.",
+    )
+    add_flag(
+        ev,
+        "checkpoint",
+        required=True,
+        metavar="PATH",
+        help="checkpoint: native or legacy directory, Gemma Scope params.npz / snapshot / hub id, "
+        "Gemma Scope 2 folder, or SAELens folder",
+    )
     add_flag(ev, "name", default="ours", help="name of the transcoder in the outputs (default: ours)")
-    add_flag(ev, "output_dir", default=None, metavar="DIR",
-             help="where to write metrics.json and summary.txt (default: CHECKPOINT/interpretability_eval)")
+    add_flag(
+        ev,
+        "output_dir",
+        default=None,
+        metavar="DIR",
+        help="where to write metrics.json and summary.txt (default: CHECKPOINT/interpretability_eval)",
+    )
     add_dataclass_flags(ev, SelectOptions)
     add_dataclass_flags(ev, DataOptions)
     add_dataclass_flags(ev, DownstreamOptions)
@@ -173,16 +200,34 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_flags(ev, AbsorptionOptions)
     ev.set_defaults(func=cmd_evaluate)
 
-    cp = sub.add_parser("compare", help="compare transcoders on the same tokens",
-                        description="Evaluate several transcoders on exactly the same tokens in one pass and compare "
-                                    "them side by side.")
+    cp = sub.add_parser(
+        "compare",
+        help="compare transcoders on the same tokens",
+        description="Evaluate several transcoders on exactly the same tokens in one pass and compare "
+        "them side by side.",
+    )
     add_flag(cp, "ours_checkpoint", default=None, metavar="PATH", help="your checkpoint (named 'ours')")
-    add_flag(cp, "google_dir", default=None, metavar="PATH_OR_HUB_ID",
-             help="Gemma Scope transcoders: a params.npz, a local snapshot directory, or a hub id (named 'google')")
-    add_flag(cp, "transcoder", action="append", metavar="NAME=SPEC",
-             help="any further transcoder, repeatable (writes NAME_metrics.json)")
-    add_flag(cp, "output_dir", default="analysis_results/interpretability_comparison", metavar="DIR",
-             help="output directory (default: analysis_results/interpretability_comparison)")
+    add_flag(
+        cp,
+        "google_dir",
+        default=None,
+        metavar="PATH_OR_HUB_ID",
+        help="Gemma Scope transcoders: a params.npz, a local snapshot directory, or a hub id (named 'google')",
+    )
+    add_flag(
+        cp,
+        "transcoder",
+        action="append",
+        metavar="NAME=SPEC",
+        help="any further transcoder, repeatable (writes NAME_metrics.json)",
+    )
+    add_flag(
+        cp,
+        "output_dir",
+        default="analysis_results/interpretability_comparison",
+        metavar="DIR",
+        help="output directory (default: analysis_results/interpretability_comparison)",
+    )
     add_dataclass_flags(cp, SelectOptions)
     add_dataclass_flags(cp, DataOptions)
     add_dataclass_flags(cp, DownstreamOptions)

@@ -46,7 +46,11 @@ class SplicePlan:
 
 
 def plan_downstream(
-    lm: LanguageModel, runs: list, mean_batches: list[TokenBatch], *, n_sequences: int | None,
+    lm: LanguageModel,
+    runs: list,
+    mean_batches: list[TokenBatch],
+    *,
+    n_sequences: int | None,
     variants_per_pass: int | None = None,
 ) -> SplicePlan:
     """Find the head, estimate each output site's mean target, and attach a Downstream accumulator per run."""
@@ -79,7 +83,7 @@ def plan_downstream(
         head=head,
         site_means=means,
         mean_source=f"mean of the output site over the first {len(mean_batches)} batches ({count:,} tokens), "
-                    "estimated in a short pass before the evaluation (those batches are also evaluated)",
+        "estimated in a short pass before the evaluation (those batches are also evaluated)",
         splice_layer={run.name: additive_layer(lm, run.output_site) for run in runs},
         # Stacking variants pays on a GPU (bigger matmuls); on CPU one at a time measured faster.
         variants_per_pass=variants_per_pass or (4 if lm.device.type == "cuda" else 1),
@@ -89,26 +93,33 @@ def plan_downstream(
         acc.state = {k: v.to(lm.device) for k, v in acc.state.items()}
         if plan.splice_layer[run.name] is None:
             acc.path = "full_forward"
-            acc.notes.append(f"{run.output_site.name} is not an additive block output, so each variant ran a full "
-                             "forward with a hook (slower)")
+            acc.notes.append(
+                f"{run.output_site.name} is not an additive block output, so each variant ran a full "
+                "forward with a hook (slower)"
+            )
         else:
             acc.path = "resumed"
             acc.notes.append(f"variants resumed from the clean output of layer {plan.splice_layer[run.name]}")
         acc.notes.append(plan.mean_source)
-        acc.notes.append("the reconstruction replaces the site at kept positions only (BOS, PAD and EOS keep their "
-                         "clean values)")
+        acc.notes.append(
+            "the reconstruction replaces the site at kept positions only (BOS, PAD and EOS keep their clean values)"
+        )
         run.accumulators["downstream"] = acc
     return plan
 
 
 def _chunks(items: list, size: int) -> Iterable[list]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 @torch.no_grad()
 def downstream_batch(
-    lm: LanguageModel, plan: SplicePlan, runs: list, tb: TokenBatch, clean: CleanForward,
+    lm: LanguageModel,
+    plan: SplicePlan,
+    runs: list,
+    tb: TokenBatch,
+    clean: CleanForward,
     recon: dict[str, TranscoderBatch],
 ) -> None:
     """All spliced variants of one batch, and their CE/KL sums into each run's Downstream."""
@@ -153,8 +164,9 @@ def downstream_batch(
         else:
             replacement = clean.sites[run.output_site.name].reshape(-1, y.shape[-1]).clone()
             replacement[keep_flat] = value
-            final = spliced_forward(lm, ids, tb.attention_mask.to(lm.device), run.output_site,
-                                    replacement.reshape(B, T, -1), plan.head)
+            final = spliced_forward(
+                lm, ids, tb.attention_mask.to(lm.device), run.output_site, replacement.reshape(B, T, -1), plan.head
+            )
             final_rows[key] = final.reshape(-1, d)[rows]
     for layer, items in by_layer.items():
         for group in _chunks(items, plan.variants_per_pass):

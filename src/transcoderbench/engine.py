@@ -163,8 +163,10 @@ def run_pass(
         keep = tb.keep.to(lm.device).reshape(-1)
         seq_ids = tb.seq_index.to(lm.device).repeat_interleave(ids.shape[1])[keep]
         flat = {name: t.reshape(-1, t.shape[-1])[keep] for name, t in captured.items()}
-        recon = {run.name: evaluate_batch(run, flat[run.input_site.name], flat[run.output_site.name], seq_ids)
-                 for run in runs}
+        recon = {
+            run.name: evaluate_batch(run, flat[run.input_site.name], flat[run.output_site.name], seq_ids)
+            for run in runs
+        }
         if splice is not None:
             downstream_batch(lm, splice, runs, tb, clean, recon)
         stats.n_batches += 1

@@ -16,8 +16,10 @@ from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from typing import Any
 
-
 from transcoderbench import __version__
+from transcoderbench.absorption.options import AbsorptionOptions
+from transcoderbench.absorption.run import run_absorption
+from transcoderbench.absorption.summary import VERSUS_REDUNDANCY
 from transcoderbench.data import resolve_text_source, token_batches
 from transcoderbench.downstream import plan_downstream
 from transcoderbench.engine import AccumulatorFactory, prepare_runs, run_pass
@@ -26,9 +28,6 @@ from transcoderbench.formats import load_transcoder
 from transcoderbench.lm import LanguageModel, load_language_model, resolve_model_name
 from transcoderbench.metrics import default_accumulators, weight_metrics
 from transcoderbench.metrics.bootstrap import BootstrapOptions, attach_uncertainty
-from transcoderbench.absorption.options import AbsorptionOptions
-from transcoderbench.absorption.run import run_absorption
-from transcoderbench.absorption.summary import VERSUS_REDUNDANCY
 from transcoderbench.options import DataOptions, DownstreamOptions, SelectOptions
 from transcoderbench.transcoders import Transcoder
 
@@ -56,17 +55,24 @@ def package_versions() -> dict[str, str]:
 
 def load_transcoders(specs: dict[str, str], select: SelectOptions) -> dict[str, Transcoder]:
     """Load ``name -> spec``; the readers check weights (NaN/Inf) and the layer choice."""
-    return {name: load_transcoder(spec, layer=select.layer, width=select.width, l0=select.l0) for name, spec in specs.items()}
+    return {
+        name: load_transcoder(spec, layer=select.layer, width=select.width, l0=select.l0)
+        for name, spec in specs.items()
+    }
 
 
 def choose_model(transcoders: dict[str, Transcoder], model: str | None) -> str:
     """The --model flag, else the one model the transcoders' configs name."""
     if model:
         return resolve_model_name(model)
-    named = {n: resolve_model_name(str(tc.info["model_name"])) for n, tc in transcoders.items() if tc.info.get("model_name")}
+    named = {
+        n: resolve_model_name(str(tc.info["model_name"])) for n, tc in transcoders.items() if tc.info.get("model_name")
+    }
     distinct = sorted(set(named.values()))
     if not distinct:
-        raise UserError("no checkpoint names its language model: pass --model (a hub id, a local directory or smollm2-135m)")
+        raise UserError(
+            "no checkpoint names its language model: pass --model (a hub id, a local directory or smollm2-135m)"
+        )
     if len(distinct) > 1:
         listing = ", ".join(f"{n}: {m}" for n, m in named.items())
         raise UserError(f"the transcoders name different models ({listing}): pass --model to choose one")
@@ -129,23 +135,33 @@ def evaluate_transcoders(
         )
     n_sequences = data.batches * data.batch_size
     runs = prepare_runs(lm, transcoders, make_accumulators, n_sequences=n_sequences)
-    source = resolve_text_source(data.dataset, text_field=data.text_field, split=data.dataset_split,
-                                 dataset_config=data.dataset_config, trust_remote_code=data.trust_remote_code)
+    source = resolve_text_source(
+        data.dataset,
+        text_field=data.text_field,
+        split=data.dataset_split,
+        dataset_config=data.dataset_config,
+        trust_remote_code=data.trust_remote_code,
+    )
     planned = data.batches * data.batch_size * data.seq_len
     say(
         f"reading up to {planned:,} tokens ({data.batches} batches x {data.batch_size} sequences x {data.seq_len} tokens) "
         f"from {source.name}; BOS, PAD and EOS positions are excluded from every metric"
     )
-    batches = token_batches(source, lm.tokenizer, seq_len=data.seq_len, batch_size=data.batch_size, n_batches=data.batches)
+    batches = token_batches(
+        source, lm.tokenizer, seq_len=data.seq_len, batch_size=data.batch_size, n_batches=data.batches
+    )
     plan = None
     if downstream.downstream:
         first = list(itertools.islice(batches, max(1, downstream.mean_ablation_batches)))
-        say(f"estimating the mean-ablation baseline from {len(first)} batches; then the pass runs the whole model "
-            "(downstream metrics on; --no-downstream stops it early)")
+        say(
+            f"estimating the mean-ablation baseline from {len(first)} batches; then the pass runs the whole model "
+            "(downstream metrics on; --no-downstream stops it early)"
+        )
         plan = plan_downstream(lm, runs, first, n_sequences=n_sequences, variants_per_pass=downstream.variants_per_pass)
         batches = itertools.chain(first, batches)
-    stats = run_pass(lm, runs, batches, total_batches=data.batches, stop_early=stop_early, show_progress=data.progress,
-                     splice=plan)
+    stats = run_pass(
+        lm, runs, batches, total_batches=data.batches, stop_early=stop_early, show_progress=data.progress, splice=plan
+    )
     if stats.n_batches < data.batches:
         say(f"the dataset ran out after {stats.n_batches} of {data.batches} batches")
     say(f"evaluated {stats.n_tokens_evaluated:,} tokens ({stats.n_positions:,} positions read)")
@@ -153,17 +169,30 @@ def evaluate_transcoders(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": lm.describe(),
         "dataset": source.describe(),
-        "tokens": {"planned_tokens": planned, "seq_len": data.seq_len, "batch_size": data.batch_size, **stats.as_dict()},
+        "tokens": {
+            "planned_tokens": planned,
+            "seq_len": data.seq_len,
+            "batch_size": data.batch_size,
+            **stats.as_dict(),
+        },
         "options": {**asdict(data), **asdict(downstream), **asdict(bootstrap)},
         "versions": package_versions(),
     }
     metrics = {}
     for run in runs:
         sites = {
-            "input": {"name": run.input_site.name, "module": run.input_site.module_path, "direction": run.input_site.direction,
-                      "normalize": run.input_site.normalize},
-            "output": {"name": run.output_site.name, "module": run.output_site.module_path,
-                       "direction": run.output_site.direction, "normalize": run.output_site.normalize},
+            "input": {
+                "name": run.input_site.name,
+                "module": run.input_site.module_path,
+                "direction": run.input_site.direction,
+                "normalize": run.input_site.normalize,
+            },
+            "output": {
+                "name": run.output_site.name,
+                "module": run.output_site.module_path,
+                "direction": run.output_site.direction,
+                "normalize": run.output_site.normalize,
+            },
         }
         metrics[run.name] = transcoder_metrics(run.name, run.transcoder, run.results(), sites)
     attach_uncertainty({run.name: run.accumulators for run in runs}, metrics, bootstrap)
@@ -172,5 +201,7 @@ def evaluate_transcoders(
         found = run_absorption(lm, transcoders, absorption or AbsorptionOptions(), log=say, show_progress=data.progress)
         for name, result in found.items():
             metrics[name]["absorption"] = result
-            metrics[name]["absorption_note"] = (result.get("note") or "") + (" " if result.get("note") else "") + VERSUS_REDUNDANCY
+            metrics[name]["absorption_note"] = (
+                (result.get("note") or "") + (" " if result.get("note") else "") + VERSUS_REDUNDANCY
+            )
     return EvaluationResult(meta=meta, metrics=metrics)

@@ -49,9 +49,16 @@ class DataOptions:
 class SelectOptions:
     """How to pick one transcoder out of a multi-layer / multi-width source such as Gemma Scope."""
 
-    layer: int | None = opt(None, "layer to evaluate (picks the Gemma Scope layer; must match a checkpoint's own layer)")
-    width: str | None = opt(None, "Gemma Scope width folder, e.g. 16k (default: the only one, else an error listing them)")
-    l0: str | None = opt(None, "Gemma Scope L0 variant: a number for Gemma Scope 1 (average_l0_X), small/medium/big for Gemma Scope 2 (default: the lowest)")
+    layer: int | None = opt(
+        None, "layer to evaluate (picks the Gemma Scope layer; must match a checkpoint's own layer)"
+    )
+    width: str | None = opt(
+        None, "Gemma Scope width folder, e.g. 16k (default: the only one, else an error listing them)"
+    )
+    l0: str | None = opt(
+        None,
+        "Gemma Scope L0 variant: a number for Gemma Scope 1 (average_l0_X), small/medium/big for Gemma Scope 2 (default: the lowest)",
+    )
 
 
 @dataclass

@@ -122,8 +122,9 @@ def _collect_shared_prefix(
         prefix = torch.tensor([context.prefix_ids], device=lm.device)
         n_prefix = prefix.shape[1]
         cache = _new_cache(lm)
-        _run_until_site(lm, site, stop, input_ids=prefix, attention_mask=torch.ones_like(prefix),
-                        use_cache=True, **{keyword: cache})
+        _run_until_site(
+            lm, site, stop, input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True, **{keyword: cache}
+        )
         if cache.get_seq_length() != n_prefix:
             # The site comes before any attention layer (e.g. blocks.0.hook_resid_pre): nothing
             # was cached, and whole prompts cost no more than single tokens there.
@@ -137,7 +138,9 @@ def _collect_shared_prefix(
             batch_cache.batch_repeat_interleave(len(words))
             ids = torch.tensor([[w.token_id] for w in words], device=lm.device)
             acts = _run_until_site(
-                lm, site, stop,
+                lm,
+                site,
+                stop,
                 input_ids=ids,
                 attention_mask=torch.ones((len(words), n_prefix + 1), dtype=torch.long, device=lm.device),
                 position_ids=torch.full((len(words), 1), n_prefix, dtype=torch.long, device=lm.device),

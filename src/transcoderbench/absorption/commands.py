@@ -18,8 +18,11 @@ from transcoderbench.options import DataOptions, SelectOptions
 MODEL_FLAGS = ("model", "device", "dtype", "trust_remote_code", "progress")
 ModelOptions = dataclasses.make_dataclass(
     "ModelOptions",
-    [(f.name, f.type, dataclasses.field(default=f.default, metadata=f.metadata))
-     for f in dataclasses.fields(DataOptions) if f.name in MODEL_FLAGS],
+    [
+        (f.name, f.type, dataclasses.field(default=f.default, metadata=f.metadata))
+        for f in dataclasses.fields(DataOptions)
+        if f.name in MODEL_FLAGS
+    ],
 )
 ModelOptions.__doc__ = "Language model"
 
@@ -31,18 +34,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "absorption",
         help="first-letter feature absorption of one or more transcoders",
         description="Measure first-letter feature absorption (SAEBench's method, adapted to transcoders: the probe "
-                    "reads the input site, latents are compared through their encoder rows; SAEs use decoder rows). "
-                    "Writes absorption.json and absorption.txt.",
+        "reads the input site, latents are compared through their encoder rows; SAEs use decoder rows). "
+        "Writes absorption.json and absorption.txt.",
     )
-    add_flag(parser, "checkpoint", default=None, metavar="PATH",
-             help="checkpoint: native or legacy directory, Gemma Scope params.npz / snapshot / hub id, Gemma Scope 2 "
-                  "folder, or SAELens folder")
+    add_flag(
+        parser,
+        "checkpoint",
+        default=None,
+        metavar="PATH",
+        help="checkpoint: native or legacy directory, Gemma Scope params.npz / snapshot / hub id, Gemma Scope 2 "
+        "folder, or SAELens folder",
+    )
     add_flag(parser, "name", default="ours", help="name of --checkpoint in the outputs (default: ours)")
-    add_flag(parser, "transcoder", action="append", metavar="NAME=SPEC",
-             help="further transcoders, repeatable; those reading the same site share one probe")
-    add_flag(parser, "output_dir", default=None, metavar="DIR",
-             help="where to write absorption.json and absorption.txt (default: CHECKPOINT/interpretability_eval, "
-                  "or analysis_results/absorption)")
+    add_flag(
+        parser,
+        "transcoder",
+        action="append",
+        metavar="NAME=SPEC",
+        help="further transcoders, repeatable; those reading the same site share one probe",
+    )
+    add_flag(
+        parser,
+        "output_dir",
+        default=None,
+        metavar="DIR",
+        help="where to write absorption.json and absorption.txt (default: CHECKPOINT/interpretability_eval, "
+        "or analysis_results/absorption)",
+    )
     add_dataclass_flags(parser, SelectOptions)
     add_dataclass_flags(parser, ModelOptions)
     add_dataclass_flags(parser, AbsorptionOptions)
@@ -97,8 +115,12 @@ def cmd_absorption(args: argparse.Namespace) -> int:
     transcoders = load_transcoders(specs, options_from(args, SelectOptions))
     model_name = choose_model(transcoders, model_options.model)
     print(f"loading language model {model_name} ...", file=sys.stderr)
-    lm = load_language_model(model_name, device=model_options.device, dtype=model_options.dtype,
-                             trust_remote_code=model_options.trust_remote_code)
+    lm = load_language_model(
+        model_name,
+        device=model_options.device,
+        dtype=model_options.dtype,
+        trust_remote_code=model_options.trust_remote_code,
+    )
     for tc in transcoders.values():
         tc.to(device=lm.device).float()
     results = run_absorption(lm, transcoders, options, show_progress=model_options.progress)
@@ -111,6 +133,9 @@ def cmd_absorption(args: argparse.Namespace) -> int:
     }
     text = [line for name, result in results.items() for line in summary_lines(name, result)]
     text += ["", VERSUS_REDUNDANCY]
-    print_outputs(write_files(out_dir, {"absorption.json": {"meta": meta, "results": results},
-                                        "absorption.txt": "\n".join(text) + "\n"}))
+    print_outputs(
+        write_files(
+            out_dir, {"absorption.json": {"meta": meta, "results": results}, "absorption.txt": "\n".join(text) + "\n"}
+        )
+    )
     return 0

@@ -41,15 +41,18 @@ class AbsorptionOptions:
         "(default: 3000 on CPU, all on GPU)",
     )
     absorption_test_words: int | None = opt(
-        None, "words to test the probes and measure absorption on, from the test split (the other 1/5) "
-        "(default: 1000 on CPU, all on GPU)"
+        None,
+        "words to test the probes and measure absorption on, from the test split (the other 1/5) "
+        "(default: 1000 on CPU, all on GPU)",
     )
     absorption_words_per_context: int | None = opt(
         None,
         "words that share one set of in-context examples, whose prefix then runs once for all of them "
         "(default: 32 on CPU; 1 on GPU, as in SAEBench, where each word draws its own examples)",
     )
-    absorption_batch_size: int | None = opt(None, "prompts per language-model forward pass (default: 32 on CPU, 64 on GPU)")
+    absorption_batch_size: int | None = opt(
+        None, "prompts per language-model forward pass (default: 32 on CPU, 64 on GPU)"
+    )
     absorption_icl_examples: int = opt(10, "in-context examples before each word")
     absorption_prompt_template: str = opt(
         "{word} has the first letter:", "prompt template; activations are read at the word's token"
@@ -58,7 +61,9 @@ class AbsorptionOptions:
     absorption_f1_jump: float = opt(
         0.03, "k-sparse probing adds a latent only while test F1 improves by more than this"
     )
-    absorption_min_probe_f1: float = opt(0.6, "a letter is scored only if the ground-truth probe's test F1 exceeds this")
+    absorption_min_probe_f1: float = opt(
+        0.6, "a letter is scored only if the ground-truth probe's test F1 exceeds this"
+    )
     absorption_min_letters: int = opt(
         20, "fewest scored letters for a headline number; with fewer, the output says why instead"
     )
@@ -89,13 +94,17 @@ class AbsorptionOptions:
         gpu = device_type != "cpu"
         filled = dataclasses.replace(
             self,
-            absorption_train_words=self.absorption_train_words if self.absorption_train_words is not None
+            absorption_train_words=self.absorption_train_words
+            if self.absorption_train_words is not None
             else (0 if gpu else CPU_TRAIN_WORDS),
-            absorption_test_words=self.absorption_test_words if self.absorption_test_words is not None
+            absorption_test_words=self.absorption_test_words
+            if self.absorption_test_words is not None
             else (0 if gpu else CPU_TEST_WORDS),
-            absorption_words_per_context=self.absorption_words_per_context if self.absorption_words_per_context is not None
+            absorption_words_per_context=self.absorption_words_per_context
+            if self.absorption_words_per_context is not None
             else (1 if gpu else CPU_WORDS_PER_CONTEXT),
-            absorption_batch_size=self.absorption_batch_size if self.absorption_batch_size is not None
+            absorption_batch_size=self.absorption_batch_size
+            if self.absorption_batch_size is not None
             else (GPU_BATCH_SIZE if gpu else CPU_BATCH_SIZE),
         )
         filled.check()

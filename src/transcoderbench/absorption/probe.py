@@ -93,8 +93,11 @@ def train_probe(
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
 
     work = min(batch_size, n) * d * n_classes
-    with torch.enable_grad(), cpu_threads_for(work, device), \
-            progress_bar(total=epochs, desc=desc, unit="epoch", disable=not show_progress) as bar:
+    with (
+        torch.enable_grad(),
+        cpu_threads_for(work, device),
+        progress_bar(total=epochs, desc=desc, unit="epoch", disable=not show_progress) as bar,
+    ):
         for _ in range(epochs):
             order = torch.randperm(n, generator=generator).to(device)
             for start in range(0, n, batch_size):

@@ -115,8 +115,17 @@ def fit_ground_truth(
         desc="first-letter probe",
     )
     f1 = per_letter_f1(probe.logits(x_test), y_test)
-    return ProbeData(site_name, list(train_words), list(test_words), x_train.float().cpu(), x_test.float().cpu(),
-                     y_train, y_test, probe, f1)
+    return ProbeData(
+        site_name,
+        list(train_words),
+        list(test_words),
+        x_train.float().cpu(),
+        x_test.float().cpu(),
+        y_train,
+        y_test,
+        probe,
+        f1,
+    )
 
 
 def _cache_key(lm: LanguageModel, site: Site, options: AbsorptionOptions) -> dict[str, Any]:
@@ -148,8 +157,11 @@ def build_probe_data(
 ) -> ProbeData:
     """Words, activations and ground-truth probe at ``site``: from the cache, else computed (and cached)."""
     start = time.perf_counter()
-    cache_dir = disk_cache.default_cache_dir() if options.absorption_cache_dir is None else \
-        Path(options.absorption_cache_dir).expanduser()
+    cache_dir = (
+        disk_cache.default_cache_dir()
+        if options.absorption_cache_dir is None
+        else Path(options.absorption_cache_dir).expanduser()
+    )
     key = _cache_key(lm, site, options) if options.absorption_cache else None
     if key is not None:
         found = disk_cache.load(cache_dir, key)
@@ -178,10 +190,15 @@ def build_probe_data(
         f"tokens), {options.absorption_icl_examples} in-context examples, read at {site.name}"
     )
     batch = options.absorption_batch_size
-    x_train = collect(lm, site, train_contexts, batch_size=batch, show_progress=show_progress, desc="absorption: train words")
-    x_test = collect(lm, site, test_contexts, batch_size=batch, show_progress=show_progress, desc="absorption: test words")
-    data = fit_ground_truth(site.name, split.train, split.test, x_train, x_test, options, device=lm.device,
-                            show_progress=show_progress)
+    x_train = collect(
+        lm, site, train_contexts, batch_size=batch, show_progress=show_progress, desc="absorption: train words"
+    )
+    x_test = collect(
+        lm, site, test_contexts, batch_size=batch, show_progress=show_progress, desc="absorption: test words"
+    )
+    data = fit_ground_truth(
+        site.name, split.train, split.test, x_train, x_test, options, device=lm.device, show_progress=show_progress
+    )
     data.vocab_size = split.vocab_size
     if key is not None:
         words = {
@@ -190,8 +207,12 @@ def build_probe_data(
             "vocab_size": data.vocab_size,
             "probe_f1": data.probe_f1,
         }
-        tensors = {"x_train": data.x_train, "x_test": data.x_test, "probe_weight": data.probe.weight,
-                   "probe_bias": data.probe.bias}
+        tensors = {
+            "x_train": data.x_train,
+            "x_test": data.x_test,
+            "probe_weight": data.probe.weight,
+            "probe_bias": data.probe.bias,
+        }
         disk_cache.save(cache_dir, key, words, tensors)
         data.cache = "miss"
     data.wall_time_s = time.perf_counter() - start
@@ -239,8 +260,10 @@ def encoder_input(tc: Transcoder, x: Tensor) -> Tensor:
 def latent_activations(tc: Transcoder, x: Tensor) -> Tensor:
     """``[n, d_sae]`` float32 on the transcoder's device, encoded ``ENCODE_CHUNK`` rows at a time."""
     device = tc.W_enc.device
-    parts = [tc.encode(x[i : i + ENCODE_CHUNK].to(device=device, dtype=tc.W_enc.dtype)).float()
-             for i in range(0, x.shape[0], ENCODE_CHUNK)]
+    parts = [
+        tc.encode(x[i : i + ENCODE_CHUNK].to(device=device, dtype=tc.W_enc.dtype)).float()
+        for i in range(0, x.shape[0], ENCODE_CHUNK)
+    ]
     return torch.cat(parts) if parts else torch.zeros(0, tc.d_sae, device=device)
 
 
@@ -266,7 +289,12 @@ def thresholds_of(options: AbsorptionOptions) -> Thresholds:
 
 
 def letter_absorption(
-    tc: Transcoder, data: ProbeData, letter: int, main_latents: list[int], test_latents: Tensor, mode: str,
+    tc: Transcoder,
+    data: ProbeData,
+    letter: int,
+    main_latents: list[int],
+    test_latents: Tensor,
+    mode: str,
     thresholds: Thresholds,
 ) -> tuple[Tensor, WordAbsorption]:
     """Per-word absorption for the test words of ``letter`` that the probe calls positive.
@@ -319,28 +347,37 @@ def score_transcoder(
     # The L1 probe only ranks latents. SAEBench starts it from torch.nn.Linear's random weights,
     # which is harmless after its hundreds of steps over 16k latents, but with a CPU budget of
     # 50 full-batch steps that noise would decide the ranking; from zero, only the data does.
-    l1_probe = train_probe(
-        train_latents, data.y_train,
-        epochs=options.absorption_sparse_epochs,
-        lr=SPARSE_LR,
-        batch_size=options.absorption_sparse_batch_size,
-        weight_decay=SPARSE_WEIGHT_DECAY,
-        l1=options.absorption_sparse_l1,
-        zero_init=True,
-        seed=_seed(options, 3),
-    ) if passing else None
+    l1_probe = (
+        train_probe(
+            train_latents,
+            data.y_train,
+            epochs=options.absorption_sparse_epochs,
+            lr=SPARSE_LR,
+            batch_size=options.absorption_sparse_batch_size,
+            weight_decay=SPARSE_WEIGHT_DECAY,
+            l1=options.absorption_sparse_l1,
+            zero_init=True,
+            seed=_seed(options, 3),
+        )
+        if passing
+        else None
+    )
 
     scored = []
     # Everything per letter is small (k <= 10 columns, a few hundred words): one CPU thread.
-    with cpu_threads_for(0, test_latents.device), \
-            progress_bar(total=len(passing), desc=desc, unit="letter", disable=not show_progress) as bar:
+    with (
+        cpu_threads_for(0, test_latents.device),
+        progress_bar(total=len(passing), desc=desc, unit="letter", disable=not show_progress) as bar,
+    ):
         for c in passing:
             entry = per_letter[LETTERS[c]]
             ranking = rank_latents(l1_probe, c, min(options.absorption_max_k, tc.d_sae))
-            sparse = k_sparse_probe(train_latents, data.y_train, test_latents, data.y_test, c, ranking,
-                                    f1_jump=options.absorption_f1_jump)
-            entry.update(main_latents=sparse.main_latents, num_split_latents=len(sparse.main_latents),
-                         k_sparse_f1=sparse.f1)
+            sparse = k_sparse_probe(
+                train_latents, data.y_train, test_latents, data.y_test, c, ranking, f1_jump=options.absorption_f1_jump
+            )
+            entry.update(
+                main_latents=sparse.main_latents, num_split_latents=len(sparse.main_latents), k_sparse_f1=sparse.f1
+            )
             if not sparse.main_latents:
                 entry["note"] = "no training word starts with this letter, so no k-sparse probe"
                 bar.update(1)
@@ -385,8 +422,13 @@ def _stdev(values: list[float]) -> float | None:
 
 
 def _summarise(
-    tc: Transcoder, data: ProbeData, options: AbsorptionOptions, mode: str, per_letter: dict[str, dict[str, Any]],
-    scored: list[str], wall_time_s: float,
+    tc: Transcoder,
+    data: ProbeData,
+    options: AbsorptionOptions,
+    mode: str,
+    per_letter: dict[str, dict[str, Any]],
+    scored: list[str],
+    wall_time_s: float,
 ) -> dict[str, Any]:
     fractions = [per_letter[c]["mean_absorption_fraction"] for c in scored]
     rates = [per_letter[c]["full_absorption_rate"] for c in scored]
@@ -458,8 +500,9 @@ def run_absorption(
         if site_id not in by_site:
             by_site[site_id] = build_probe_data(lm, input_site, resolved, log=say, show_progress=show_progress)
         data = by_site[site_id]
-        results[name] = score_transcoder(tc, data, resolved, mode, show_progress=show_progress,
-                                         desc=f"absorption: {name}")
+        results[name] = score_transcoder(
+            tc, data, resolved, mode, show_progress=show_progress, desc=f"absorption: {name}"
+        )
         summary = results[name]
         if summary["mean_absorption_fraction"] is None:
             say(f"absorption: {name}: {summary['note'].split('. Probe F1')[0]}")

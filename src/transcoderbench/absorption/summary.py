@@ -30,6 +30,8 @@ def summary_lines(name: str, result: dict[str, Any]) -> list[str]:
             key=lambda item: -item[1],
         )[:3]
         lines.append("  most absorbed letters: " + ", ".join(f"{c} {f:.2f}" for c, f in worst))
-    lines.append(f"  took {result['wall_time_s']:.1f} s (+ {result['probe_wall_time_s']:.1f} s for the shared probe, "
-                 f"cache {result['cache']})")
+    lines.append(
+        f"  took {result['wall_time_s']:.1f} s (+ {result['probe_wall_time_s']:.1f} s for the shared probe, "
+        f"cache {result['cache']})"
+    )
     return lines

@@ -96,9 +96,7 @@ def _check_sizes(seq_len: int, batch_size: int, n_batches: int | None, rank: int
         raise ValueError(f"rank {rank} is not in a world of size {world_size}")
 
 
-def token_stream(
-    source: TextSource, tokenizer, *, add_eos_between_documents: bool = True
-) -> Iterator[list[int]]:
+def token_stream(source: TextSource, tokenizer, *, add_eos_between_documents: bool = True) -> Iterator[list[int]]:
     """The tokenized stream, as lists of ids (one per document, EOS first from the second on).
 
     Tokenizes lazily, :data:`DOCS_PER_CHUNK` documents per call. Documents that tokenize to
@@ -116,9 +114,7 @@ def token_stream(
             first = False
 
 
-def _pieces(
-    source: TextSource, tokenizer, length: int, add_eos_between_documents: bool
-) -> Iterator[list[int]]:
+def _pieces(source: TextSource, tokenizer, length: int, add_eos_between_documents: bool) -> Iterator[list[int]]:
     """Consecutive pieces of exactly ``length`` stream tokens; the short tail is dropped."""
     buf: list[int] = []
     start = 0

@@ -37,8 +37,7 @@ TEXT_SUFFIXES = (".txt", ".jsonl")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 _ALTERNATIVES = (
-    "omit --dataset to use the built-in corpus, or pass --dataset with a local .txt/.jsonl file "
-    "or a folder of them"
+    "omit --dataset to use the built-in corpus, or pass --dataset with a local .txt/.jsonl file or a folder of them"
 )
 
 
@@ -166,9 +165,7 @@ def _file_source(spec: str, path: Path, text_field: str) -> TextSource:
         docs = _jsonl_texts(f, text_field) if f.suffix.lower() == ".jsonl" else _txt_texts(f)
         try:
             if next(docs, None) is None:
-                raise UserError(
-                    f"--dataset {spec}: {f} is empty (no text); remove it or pass a file with documents"
-                )
+                raise UserError(f"--dataset {spec}: {f} is empty (no text); remove it or pass a file with documents")
         finally:
             docs.close()
     return TextSource(name=spec, kind="files", files=files, text_field=text_field)
@@ -253,8 +250,7 @@ def _hub_source(
         reason = (str(e).strip().splitlines() or [""])[0][:300]
         where = spec + (f" (config {dataset_config})" if dataset_config else "") + f", split {split}"
         raise UserError(
-            f"--dataset {where}: the dataset could not be loaded ({type(e).__name__}: {reason}); "
-            f"{_ALTERNATIVES}"
+            f"--dataset {where}: the dataset could not be loaded ({type(e).__name__}: {reason}); {_ALTERNATIVES}"
         ) from None
     features = getattr(dataset, "features", None)
     if features is not None and text_field not in features:

@@ -83,9 +83,7 @@ def _attach(module: torch.nn.Module, direction: str, fn: Callable[..., Any]):
 
 
 @contextmanager
-def hooks(
-    lm: LanguageModel, sites: list[Site], store: dict[str, Tensor], stop_after: Site | None
-) -> Iterator[None]:
+def hooks(lm: LanguageModel, sites: list[Site], store: dict[str, Tensor], stop_after: Site | None) -> Iterator[None]:
     """Register capture hooks for ``sites`` (writing ``store[site.name]``) and, if ``stop_after``
     is given, a hook that raises :class:`StopForward` right after that point's tensor exists
     (before the module runs for an input site, after it for an output site).

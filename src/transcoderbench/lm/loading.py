@@ -224,9 +224,7 @@ def load_language_model(
         return _load(str(local), name=spec, source=str(path.resolve()), **common)
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
-            raise UserError(
-                f"--model {spec}: not a model directory (needs config.json, weights and tokenizer files)"
-            )
+            raise UserError(f"--model {spec}: not a model directory (needs config.json, weights and tokenizer files)")
         return _load(str(path), name=spec, source=str(path.resolve()), **common)
     if _looks_like_path(spec):
         raise UserError(f"--model {spec}: no such file or directory")

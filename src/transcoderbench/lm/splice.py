@@ -58,7 +58,11 @@ def find_head(lm: LanguageModel) -> Head | None:
             continue
         config = getattr(lm.model.config, "text_config", None) or lm.model.config
         cap = getattr(config, "final_logit_softcapping", None)
-        candidates = [Head(norm, path, unembed, cap), Head(norm, path, unembed, None)] if cap else [Head(norm, path, unembed, None)]
+        candidates = (
+            [Head(norm, path, unembed, cap), Head(norm, path, unembed, None)]
+            if cap
+            else [Head(norm, path, unembed, None)]
+        )
         ids = torch.tensor([[lm.bos_token_id, 5, 7, 11]], device=lm.device)
         final = _final_hidden_probe(lm, ids, path)
         with torch.no_grad():
@@ -118,7 +122,11 @@ class CleanForward:
 
 
 def clean_forward(
-    lm: LanguageModel, input_ids: Tensor, attention_mask: Tensor | None, sites: list[Site], splice_layers: set[int],
+    lm: LanguageModel,
+    input_ids: Tensor,
+    attention_mask: Tensor | None,
+    sites: list[Site],
+    splice_layers: set[int],
     head: Head,
 ) -> CleanForward:
     """One full pass (stopping before the head) recording sites, splice-layer outputs and block calls."""
@@ -190,15 +198,21 @@ def resume(lm: LanguageModel, clean: CleanForward, layer: int, hidden: Tensor) -
     copies = hidden.shape[0] // clean.batch_size
     for later in range(layer + 1, lm.n_layers):
         args, kwargs = clean.block_calls[later]
-        out = lm.layers[later](hidden, *_repeat_batch(args, copies, clean.batch_size),
-                               **_repeat_batch(kwargs, copies, clean.batch_size))
+        out = lm.layers[later](
+            hidden, *_repeat_batch(args, copies, clean.batch_size), **_repeat_batch(kwargs, copies, clean.batch_size)
+        )
         hidden = output_tensor(out)
     return hidden
 
 
 @torch.no_grad()
 def spliced_forward(
-    lm: LanguageModel, input_ids: Tensor, attention_mask: Tensor | None, site: Site, replacement: Tensor, head: Head | None,
+    lm: LanguageModel,
+    input_ids: Tensor,
+    attention_mask: Tensor | None,
+    site: Site,
+    replacement: Tensor,
+    head: Head | None,
 ) -> Tensor:
     """Full forward with ``site``'s output replaced by ``replacement`` (the general, slower path).
 

@@ -30,8 +30,9 @@ def default_accumulators(
     if transcoder.is_matryoshka:
         accumulators["prefixes"] = PrefixReconstruction(transcoder.d_out, transcoder.prefix_ends)
     if n_sequences:
-        accumulators["sequences"] = SequenceStats(transcoder.d_out, transcoder.d_sae, n_sequences,
-                                                  transcoder.prefix_ends, bootstrap)
+        accumulators["sequences"] = SequenceStats(
+            transcoder.d_out, transcoder.d_sae, n_sequences, transcoder.prefix_ends, bootstrap
+        )
     return accumulators
 
 

@@ -61,14 +61,16 @@ class Accumulator:
     def result(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    def merge(self, other: "Accumulator") -> None:
+    def merge(self, other: Accumulator) -> None:
         """Add ``other``'s sums into this one (same type and shapes)."""
         if type(other) is not type(self) or other.state.keys() != self.state.keys():
             raise TypeError(f"cannot merge {type(other).__name__} into {type(self).__name__}")
         for key, value in self.state.items():
             if value.shape != other.state[key].shape:
-                raise TypeError(f"cannot merge {type(self).__name__}: state {key!r} has shape "
-                                f"{tuple(other.state[key].shape)}, expected {tuple(value.shape)}")
+                raise TypeError(
+                    f"cannot merge {type(self).__name__}: state {key!r} has shape "
+                    f"{tuple(other.state[key].shape)}, expected {tuple(value.shape)}"
+                )
             value += other.state[key].to(value.device)
 
     def all_reduce(self) -> None:

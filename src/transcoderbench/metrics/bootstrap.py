@@ -51,7 +51,9 @@ CHUNK = 4096
 class BootstrapOptions:
     """Bootstrap intervals over sequences (for every headline metric and every paired difference)."""
 
-    bootstrap_resamples: int = opt(1000, "number of bootstrap resamples of the evaluated sequences; 0 turns intervals off")
+    bootstrap_resamples: int = opt(
+        1000, "number of bootstrap resamples of the evaluated sequences; 0 turns intervals off"
+    )
     bootstrap_seed: int = opt(0, "seed of the bootstrap resampling (same seed, same tokens -> same intervals)")
     confidence: float = opt(0.95, "confidence level of the bootstrap intervals")
 
@@ -63,7 +65,9 @@ class BootstrapOptions:
         if not 0.0 < self.confidence < 1.0:
             raise UserError(f"--confidence {self.confidence}: must be between 0 and 1, e.g. 0.95")
         if self.bootstrap_resamples and self.bootstrap_resamples < 100:
-            raise UserError(f"--bootstrap_resamples {self.bootstrap_resamples}: use at least 100 (or 0 for no intervals)")
+            raise UserError(
+                f"--bootstrap_resamples {self.bootstrap_resamples}: use at least 100 (or 0 for no intervals)"
+            )
         return self
 
 
@@ -104,17 +108,21 @@ def resample_sums(table: Tensor, seq_ids: Tensor, options: BootstrapOptions) -> 
     table = table.detach().cpu().to(torch.float64)
     out = torch.zeros(options.bootstrap_resamples, table.shape[1], dtype=torch.float64)
     for start in range(0, table.shape[0], CHUNK):
-        w = torch.from_numpy(poisson_weights(options.bootstrap_seed, seq_ids[start:start + CHUNK],
-                                             options.bootstrap_resamples))
-        out += w @ table[start:start + CHUNK]
+        w = torch.from_numpy(
+            poisson_weights(options.bootstrap_seed, seq_ids[start : start + CHUNK], options.bootstrap_resamples)
+        )
+        out += w @ table[start : start + CHUNK]
     return out
 
 
 # ------------------------------------------------------- gathering the sums
 def per_sequence_accumulators(accumulators: dict[str, Any]) -> dict[str, Any]:
     """The accumulators that keep per-sequence sums (they name their columns in ``per_sequence_fields``)."""
-    return {k: a for k, a in accumulators.items()
-            if getattr(a, "per_sequence_fields", None) is not None and "per_sequence" in getattr(a, "state", {})}
+    return {
+        k: a
+        for k, a in accumulators.items()
+        if getattr(a, "per_sequence_fields", None) is not None and "per_sequence" in getattr(a, "state", {})
+    }
 
 
 def seen_sequences(accumulators: dict[str, Any]) -> Tensor:
@@ -190,15 +198,24 @@ def _group_prefixes(values: dict[str, Any]) -> tuple[dict[str, Any], list[dict[s
 
 def _options_of(acc_by_name: dict[str, dict[str, Any]], options: BootstrapOptions | None) -> BootstrapOptions:
     """The options the accumulators were built with (FVU's resampled sums depend on them)."""
-    found = {repr(acc.bootstrap_options): acc.bootstrap_options
-             for accs in acc_by_name.values() for acc in accs.values() if getattr(acc, "bootstrap_options", None)}
+    found = {
+        repr(acc.bootstrap_options): acc.bootstrap_options
+        for accs in acc_by_name.values()
+        for acc in accs.values()
+        if getattr(acc, "bootstrap_options", None)
+    }
     if len(found) > 1:
         raise ValueError("the per-sequence accumulators were built with different bootstrap options")
     built = next(iter(found.values()), None)
-    if built is not None and options is not None and (
-        built.bootstrap_resamples, built.bootstrap_seed) != (options.bootstrap_resamples, options.bootstrap_seed):
-        raise ValueError(f"bootstrap options {options} differ from those the accumulators were built with ({built}); "
-                         "pass the same options to default_accumulators")
+    if (
+        built is not None
+        and options is not None
+        and (built.bootstrap_resamples, built.bootstrap_seed) != (options.bootstrap_resamples, options.bootstrap_seed)
+    ):
+        raise ValueError(
+            f"bootstrap options {options} differ from those the accumulators were built with ({built}); "
+            "pass the same options to default_accumulators"
+        )
     return options or built or BootstrapOptions()
 
 
@@ -214,11 +231,18 @@ def attach_uncertainty(
     the pass (and after ``all_reduce``). Call on one process; the result is JSON-ready.
     """
     opts = _options_of(acc_by_name, options)
-    base = {"method": METHOD, "confidence": opts.confidence, "n_resamples": opts.bootstrap_resamples,
-            "seed": opts.bootstrap_seed}
+    base = {
+        "method": METHOD,
+        "confidence": opts.confidence,
+        "n_resamples": opts.bootstrap_resamples,
+        "seed": opts.bootstrap_seed,
+    }
     if opts.bootstrap_resamples == 0 or not any(per_sequence_accumulators(a) for a in acc_by_name.values()):
-        why = ("turned off (--bootstrap_resamples 0)" if opts.bootstrap_resamples == 0
-               else "not computed: no per-sequence statistics were kept")
+        why = (
+            "turned off (--bootstrap_resamples 0)"
+            if opts.bootstrap_resamples == 0
+            else "not computed: no per-sequence statistics were kept"
+        )
         for name in acc_by_name:
             metrics[name]["uncertainty"] = {**base, "intervals": {}, "per_prefix": [], "differences": {}, "note": why}
         return
@@ -240,6 +264,11 @@ def attach_uncertainty(
                 diffs[k] = iv
             d_plain, d_prefix = _group_prefixes(dict(sorted(diffs.items())))
             differences[other] = {**d_plain, "per_prefix": d_prefix}
-        metrics[name]["uncertainty"] = {**base, "n_sequences": n_seq, "intervals": plain, "per_prefix": per_prefix,
-                                        "differences": differences,
-                                        "note": f"differences are {name} minus the other transcoder, resampled in pairs"}
+        metrics[name]["uncertainty"] = {
+            **base,
+            "n_sequences": n_seq,
+            "intervals": plain,
+            "per_prefix": per_prefix,
+            "differences": differences,
+            "note": f"differences are {name} minus the other transcoder, resampled in pairs",
+        }

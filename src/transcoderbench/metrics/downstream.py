@@ -76,7 +76,9 @@ class Downstream(Accumulator):
         self.state["kl_sum"] = torch.zeros(c, dtype=torch.float64)
         self.state["n"] = torch.zeros(c, dtype=torch.int64)
         # Per-sequence sums: token count, then CE and KL of every column (columns named below).
-        self.per_sequence_fields = ["n_tokens"] + [f"ce_{col}" for col in self.columns] + [f"kl_{col}" for col in self.columns]
+        self.per_sequence_fields = (
+            ["n_tokens"] + [f"ce_{col}" for col in self.columns] + [f"kl_{col}" for col in self.columns]
+        )
         if n_sequences:
             self.state["per_sequence"] = torch.zeros(n_sequences, len(self.per_sequence_fields), dtype=torch.float64)
         # Headline metrics as ratios of the per-sequence columns, for bootstrap intervals.
@@ -126,14 +128,16 @@ class Downstream(Accumulator):
         per_prefix = []
         for end in self.prefix_ends:
             ce, kl = means[prefix_column(end)]
-            per_prefix.append({
-                "prefix_end": end,
-                "ce_spliced": ce,
-                "delta_loss": ce - ce_clean,
-                "kl_div": kl,
-                "loss_recovered_zero": loss_recovered(ce_zero, ce, ce_clean),
-                "loss_recovered_mean": loss_recovered(ce_mean, ce, ce_clean),
-            })
+            per_prefix.append(
+                {
+                    "prefix_end": end,
+                    "ce_spliced": ce,
+                    "delta_loss": ce - ce_clean,
+                    "kl_div": kl,
+                    "loss_recovered_zero": loss_recovered(ce_zero, ce, ce_clean),
+                    "loss_recovered_mean": loss_recovered(ce_mean, ce, ce_clean),
+                }
+            )
         full = per_prefix[-1]
         return {
             "n_tokens": counts[0],

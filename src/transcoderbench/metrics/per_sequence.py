@@ -59,13 +59,17 @@ def _combine(fields: list[str], sums: Tensor, coefficients: dict[str, float]) ->
 
 
 def _divide(num: Tensor, den: Tensor) -> Tensor:
-    return torch.where(den != 0, num / torch.where(den != 0, den, torch.ones_like(den)), torch.full_like(num, float("nan")))
+    return torch.where(
+        den != 0, num / torch.where(den != 0, den, torch.ones_like(den)), torch.full_like(num, float("nan"))
+    )
 
 
 def ratio_statistics(fields: list[str], ratios: Mapping[str, Ratio], sums: Tensor) -> dict[str, Tensor]:
     """Every ratio metric from column sums ``[R, k]`` (NaN where the denominator is 0)."""
-    return {name: _divide(_combine(list(fields), sums, r.numerator), _combine(list(fields), sums, r.denominator))
-            for name, r in ratios.items()}
+    return {
+        name: _divide(_combine(list(fields), sums, r.numerator), _combine(list(fields), sums, r.denominator))
+        for name, r in ratios.items()
+    }
 
 
 def downstream_ratios(prefix_ends: tuple[int, ...] | list[int]) -> dict[str, Ratio]:
@@ -84,8 +88,12 @@ def downstream_ratios(prefix_ends: tuple[int, ...] | list[int]) -> dict[str, Rat
             "ce_spliced": Ratio({ce: 1.0}, n),
             "delta_loss": Ratio({ce: 1.0, "ce_clean": -1.0}, n),
             "kl_div": Ratio({kl: 1.0}, n),
-            "loss_recovered_zero": Ratio({"ce_zero_ablation": 1.0, ce: -1.0}, {"ce_zero_ablation": 1.0, "ce_clean": -1.0}),
-            "loss_recovered_mean": Ratio({"ce_mean_ablation": 1.0, ce: -1.0}, {"ce_mean_ablation": 1.0, "ce_clean": -1.0}),
+            "loss_recovered_zero": Ratio(
+                {"ce_zero_ablation": 1.0, ce: -1.0}, {"ce_zero_ablation": 1.0, "ce_clean": -1.0}
+            ),
+            "loss_recovered_mean": Ratio(
+                {"ce_mean_ablation": 1.0, ce: -1.0}, {"ce_mean_ablation": 1.0, "ce_clean": -1.0}
+            ),
         }
         for name, ratio in metrics.items():
             if len(ends) > 1:
@@ -113,10 +121,14 @@ class PerSequenceAccumulator(Accumulator):
         """Add per-token values ``[N, k]`` (columns in ``per_sequence_fields`` order) into their sequences' rows."""
         table = self.state["per_sequence"]
         if values.shape != (seq_ids.shape[0], table.shape[1]):
-            raise ValueError(f"expected values of shape [{seq_ids.shape[0]}, {table.shape[1]}], got {tuple(values.shape)}")
+            raise ValueError(
+                f"expected values of shape [{seq_ids.shape[0]}, {table.shape[1]}], got {tuple(values.shape)}"
+            )
         if seq_ids.numel() and int(seq_ids.max()) >= self.n_sequences:
-            raise ValueError(f"sequence index {int(seq_ids.max())} is beyond the {self.n_sequences} sequences "
-                             "this accumulator was sized for")
+            raise ValueError(
+                f"sequence index {int(seq_ids.max())} is beyond the {self.n_sequences} sequences "
+                "this accumulator was sized for"
+            )
         table.index_add_(0, seq_ids.to(table.device), values.to(device=table.device, dtype=torch.float64))
 
     def sequence_statistics(self, sums: Tensor, resampled: bool) -> dict[str, Tensor]:
@@ -142,8 +154,14 @@ class SequenceStats(PerSequenceAccumulator):
 
     name = "sequences"
 
-    def __init__(self, d_out: int, d_sae: int, n_sequences: int, prefix_ends: tuple[int, ...] = (),
-                 options: BootstrapOptions | None = None) -> None:
+    def __init__(
+        self,
+        d_out: int,
+        d_sae: int,
+        n_sequences: int,
+        prefix_ends: tuple[int, ...] = (),
+        options: BootstrapOptions | None = None,
+    ) -> None:
         self.prefix_ends = tuple(int(e) for e in prefix_ends) if len(prefix_ends) > 1 else ()
         fields = ["n_tokens", "sum_y_sq", "sse", "sum_cos", "l0"]
         fields += [f"{key}@{e}" for e in self.prefix_ends for key in ("sse", "l0")]
@@ -151,16 +169,22 @@ class SequenceStats(PerSequenceAccumulator):
         self.d_out, self.d_sae = int(d_out), int(d_sae)
         self.bootstrap_options = options or BootstrapOptions()
         self.state["sum_y"] = torch.zeros(self.d_out, dtype=torch.float64)
-        self.state["resampled_sum_y"] = torch.zeros(self.bootstrap_options.bootstrap_resamples, self.d_out,
-                                                    dtype=torch.float64)
+        self.state["resampled_sum_y"] = torch.zeros(
+            self.bootstrap_options.bootstrap_resamples, self.d_out, dtype=torch.float64
+        )
 
     def update(self, batch: TranscoderBatch) -> None:
         if batch.n_tokens == 0:
             return
         y = batch.y.detach().to(torch.float64)
         fired = batch.f.detach() != 0
-        columns = [torch.ones_like(y[:, 0]), y.square().sum(dim=1), _sq_err(y, batch.y_hat), _cos(y, batch.y_hat),
-                   fired.sum(dim=1).to(torch.float64)]
+        columns = [
+            torch.ones_like(y[:, 0]),
+            y.square().sum(dim=1),
+            _sq_err(y, batch.y_hat),
+            _cos(y, batch.y_hat),
+            fired.sum(dim=1).to(torch.float64),
+        ]
         if self.prefix_ends:
             starts = (0,) + self.prefix_ends[:-1]
             group_l0 = torch.stack([fired[:, s:e].sum(dim=1) for s, e in zip(starts, self.prefix_ends)], dim=1)
@@ -180,15 +204,19 @@ class SequenceStats(PerSequenceAccumulator):
         per_seq = torch.zeros(unique.numel(), y.shape[1], dtype=torch.float64, device=y.device)
         per_seq.index_add_(0, inverse, y)
         weights = poisson_weights(self.bootstrap_options.bootstrap_seed, unique, n_resamples)
-        st["resampled_sum_y"] += (torch.from_numpy(weights).to(per_seq.device) @ per_seq).to(st["resampled_sum_y"].device)
+        st["resampled_sum_y"] += (torch.from_numpy(weights).to(per_seq.device) @ per_seq).to(
+            st["resampled_sum_y"].device
+        )
 
     def sequence_statistics(self, sums: Tensor, resampled: bool) -> dict[str, Tensor]:
         col = {f: sums[:, i].to(torch.float64).cpu() for i, f in enumerate(self.per_sequence_fields)}
         sum_y = self.state["resampled_sum_y"] if resampled else self.state["sum_y"][None]
         sum_y = sum_y.detach().cpu().to(torch.float64)
         if sum_y.shape[0] != sums.shape[0]:
-            raise ValueError(f"{sums.shape[0]} resamples asked for, but the target sums were kept for "
-                             f"{sum_y.shape[0]}: use the bootstrap options the accumulator was built with")
+            raise ValueError(
+                f"{sums.shape[0]} resamples asked for, but the target sums were kept for "
+                f"{sum_y.shape[0]}: use the bootstrap options the accumulator was built with"
+            )
         n = col["n_tokens"]
         total_var = col["sum_y_sq"] - _divide(sum_y.square().sum(dim=1), n)
         fvu = _divide(col["sse"], total_var)
@@ -225,4 +253,6 @@ def _cos(y: Tensor, y_hat: Tensor) -> Tensor:
     y_hat = y_hat.detach().to(device=y.device, dtype=torch.float64)
     prod = y.norm(dim=1) * y_hat.norm(dim=1)
     ok = prod > 0
-    return torch.where(ok, (y * y_hat).sum(dim=1) / torch.where(ok, prod, torch.ones_like(prod)), torch.zeros_like(prod))
+    return torch.where(
+        ok, (y * y_hat).sum(dim=1) / torch.where(ok, prod, torch.ones_like(prod)), torch.zeros_like(prod)
+    )

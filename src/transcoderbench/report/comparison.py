@@ -56,22 +56,34 @@ class Category:
 
 CATEGORIES: list[Category] = [
     Category("reconstruction", ("reconstruction", "fvu"), True, "FVU: less unexplained variance", "bootstrap"),
-    Category("direction", ("reconstruction", "cosine_similarity"), False, "cosine similarity to the target", "bootstrap"),
+    Category(
+        "direction", ("reconstruction", "cosine_similarity"), False, "cosine similarity to the target", "bootstrap"
+    ),
     Category("sparsity", ("sparsity", "l0_mean"), True, "mean L0: fewer active latents per token", "bootstrap"),
-    Category("downstream loss", ("downstream", "delta_loss"), True, "delta loss: smaller rise in the model's loss",
-             "bootstrap"),
+    Category(
+        "downstream loss",
+        ("downstream", "delta_loss"),
+        True,
+        "delta loss: smaller rise in the model's loss",
+        "bootstrap",
+    ),
     Category("downstream KL", ("downstream", "kl_div"), True, "KL: next-token distribution moves less", "bootstrap"),
     Category("utilization", ("sparsity", "dead_percentage"), True, "fewer dead latents", "none"),
     Category("absorption", ("absorption", "mean_absorption_fraction"), True, "less first-letter absorption", "none"),
-    Category("redundancy", ("decoder_redundancy", "redundant_pair_fraction"), True,
-             "fewer near-duplicate decoder rows", "exact"),
+    Category(
+        "redundancy",
+        ("decoder_redundancy", "redundant_pair_fraction"),
+        True,
+        "fewer near-duplicate decoder rows",
+        "exact",
+    ),
 ]
 
 HOW = {
     "bootstrap": "paired bootstrap over sequences: a winner only when the interval of the difference excludes 0",
     "exact": "computed from the weights alone (no sampling noise): the exact values decide",
     "none": "not tested: no interval exists (a count over the whole evaluation or over a word list), so no winner "
-            "is named; point values shown",
+    "is named; point values shown",
 }
 
 
@@ -82,8 +94,13 @@ def _difference(metrics: dict[str, dict[str, Any]], a: str, b: str, key: str) ->
         return iv
     iv = dig(metrics[b], ("uncertainty", "differences", a, key))
     if isinstance(iv, dict) and iv.get("low") is not None:
-        return {"value": -iv["value"], "low": -iv["high"], "high": -iv["low"], "se": iv.get("se"),
-                "significant": iv.get("significant")}
+        return {
+            "value": -iv["value"],
+            "low": -iv["high"],
+            "high": -iv["low"],
+            "se": iv.get("se"),
+            "significant": iv.get("significant"),
+        }
     return None
 
 
@@ -103,8 +120,15 @@ def decide_category(cat: Category, metrics: dict[str, dict[str, Any]]) -> dict[s
     if all(v is None for v in values.values()):
         return None
     info = BY_KEY.get(".".join(cat.path))
-    record: dict[str, Any] = {**asdict(cat), "path": ".".join(cat.path), "values": values, "how": HOW[cat.test],
-                              "intervals": {}, "pairs": [], "winner": None}
+    record: dict[str, Any] = {
+        **asdict(cat),
+        "path": ".".join(cat.path),
+        "values": values,
+        "how": HOW[cat.test],
+        "intervals": {},
+        "pairs": [],
+        "winner": None,
+    }
     if any(v is None for v in values.values()):
         missing = [n for n, v in values.items() if v is None]
         return {**record, "verdict": f"not comparable ({', '.join(missing)}: not measured)"}
@@ -113,8 +137,12 @@ def decide_category(cat: Category, metrics: dict[str, dict[str, Any]]) -> dict[s
         leaders = [n for n, v in values.items() if v == best]
         if len(leaders) == 1 and len(set(values.values())) > 1:
             return {**record, "winner": leaders[0], "verdict": leaders[0]}
-        return {**record, "verdict": "no difference (identical values)" if len(set(values.values())) == 1 else
-                "tie at the best value"}
+        return {
+            **record,
+            "verdict": "no difference (identical values)"
+            if len(set(values.values())) == 1
+            else "tie at the best value",
+        }
     if cat.test == "none":
         return {**record, "verdict": "not tested (no interval exists)"}
     key = info.interval if info else None
@@ -125,15 +153,33 @@ def decide_category(cat: Category, metrics: dict[str, dict[str, Any]]) -> dict[s
         iv = _difference(metrics, a, b, key) if key else None
         if iv is None:
             untested = True
-            record["pairs"].append({"a": a, "b": b, "difference": values[a] - values[b], "low": None, "high": None,
-                                    "significant": False, "better": None})
+            record["pairs"].append(
+                {
+                    "a": a,
+                    "b": b,
+                    "difference": values[a] - values[b],
+                    "low": None,
+                    "high": None,
+                    "significant": False,
+                    "better": None,
+                }
+            )
             continue
         significant = iv["low"] > 0 or iv["high"] < 0
         better = (a if _better(iv["value"], cat.lower_is_better) else b) if significant else None
         if better:
             beats[better].add(b if better == a else a)
-        record["pairs"].append({"a": a, "b": b, "difference": iv["value"], "low": iv["low"], "high": iv["high"],
-                                "significant": significant, "better": better})
+        record["pairs"].append(
+            {
+                "a": a,
+                "b": b,
+                "difference": iv["value"],
+                "low": iv["low"],
+                "high": iv["high"],
+                "significant": significant,
+                "better": better,
+            }
+        )
     if untested:
         return {**record, "verdict": "not tested (no bootstrap intervals in these results)"}
     winners = [n for n in names if len(beats[n]) == len(names) - 1]
@@ -141,8 +187,11 @@ def decide_category(cat: Category, metrics: dict[str, dict[str, Any]]) -> dict[s
         return {**record, "winner": winners[0], "verdict": winners[0]}
     if not any(p["significant"] for p in record["pairs"]):
         return {**record, "verdict": NO_DIFFERENCE}
-    found = "; ".join(f"{p['better']} better than {p['b'] if p['better'] == p['a'] else p['a']}"
-                      for p in record["pairs"] if p["significant"])
+    found = "; ".join(
+        f"{p['better']} better than {p['b'] if p['better'] == p['a'] else p['a']}"
+        for p in record["pairs"]
+        if p["significant"]
+    )
     return {**record, "verdict": f"no single winner ({found})"}
 
 
@@ -162,9 +211,13 @@ def differences(metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def _headline(m: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"fvu": m.get("fvu"), "explained_variance": m.get("explained_variance"),
-                           "mean_l0": m.get("mean_l0"), "dead_percentage": m.get("dead_percentage"),
-                           "absorption": m.get("absorption")}
+    out: dict[str, Any] = {
+        "fvu": m.get("fvu"),
+        "explained_variance": m.get("explained_variance"),
+        "mean_l0": m.get("mean_l0"),
+        "dead_percentage": m.get("dead_percentage"),
+        "absorption": m.get("absorption"),
+    }
     for info in METRICS:
         out[info.label] = dig(m, info.path)
     out["d_sae"] = dig(m, ("transcoder", "d_sae"))
@@ -178,16 +231,22 @@ def comparison_record(meta: dict[str, Any], metrics: dict[str, dict[str, Any]]) 
     unc = first.get("uncertainty") or {}
     return {
         "meta": meta,
-        "transcoders": {name: {"transcoder": m.get("transcoder"), "sites": m.get("sites"), "source": m.get("source"),
-                               **_headline(m)}
-                        for name, m in metrics.items()},
+        "transcoders": {
+            name: {
+                "transcoder": m.get("transcoder"),
+                "sites": m.get("sites"),
+                "source": m.get("source"),
+                **_headline(m),
+            }
+            for name, m in metrics.items()
+        },
         "bootstrap": {k: unc.get(k) for k in ("method", "confidence", "n_resamples", "seed", "n_sequences", "note")},
         "categories": decide(metrics),
         "differences": differences(metrics),
         "suggestions": {name: suggestions_as_dicts(m) for name, m in metrics.items()},
         "note": "all transcoders were evaluated on exactly the same tokens in one pass; a category names a winner only "
-                "when the paired bootstrap interval of the difference excludes 0 (or, for weight-only metrics, when the "
-                "exact values differ); compare FVU only together with L0, since more active latents buy reconstruction",
+        "when the paired bootstrap interval of the difference excludes 0 (or, for weight-only metrics, when the "
+        "exact values differ); compare FVU only together with L0, since more active latents buy reconstruction",
     }
 
 
@@ -203,7 +262,9 @@ def comparison_summary(meta: dict[str, Any], metrics: dict[str, dict[str, Any]])
     lines.append(f"{'metric':<40}" + "".join(f"{n:>{width}}" for n in names))
     seed_rows = {n: headline_fields(metrics[n]) for n in names}
     for i, (field, _, spec, _) in enumerate(seed_rows[names[0]]):
-        lines.append(f"{field + ' (seed field)':<40}" + "".join(f"{fmt(seed_rows[n][i][1], spec):>{width}}" for n in names))
+        lines.append(
+            f"{field + ' (seed field)':<40}" + "".join(f"{fmt(seed_rows[n][i][1], spec):>{width}}" for n in names)
+        )
     for info in METRICS:
         if all(dig(metrics[n], info.path) is None for n in names):
             continue
@@ -219,8 +280,10 @@ def comparison_summary(meta: dict[str, Any], metrics: dict[str, dict[str, Any]])
         lines.append(f"  {d['name']:<16} {d['verdict']:<32} {d['why']}")
         for p in d["pairs"]:
             if p["low"] is not None:
-                lines.append(f"      {p['a']} - {p['b']}: {fmt(p['difference'], '.4g')} "
-                             f"{fmt_interval(p, '.4g')}{'  significant' if p['significant'] else ''}")
+                lines.append(
+                    f"      {p['a']} - {p['b']}: {fmt(p['difference'], '.4g')} "
+                    f"{fmt_interval(p, '.4g')}{'  significant' if p['significant'] else ''}"
+                )
     lines += ["", "How verdicts are reached"]
     for test in dict.fromkeys(d["test"] for d in decided):
         names = ", ".join(d["name"] for d in decided if d["test"] == test)

@@ -91,8 +91,10 @@ def load_results(directory: str | Path) -> tuple[dict[str, Any], dict[str, dict[
         for name in names:
             path = d / f"{name}_metrics.json"
             if not path.is_file():
-                raise UserError(f"{comp_path} names transcoder {name!r} but {path.name} is missing from {d}: "
-                                "rerun compare into this directory")
+                raise UserError(
+                    f"{comp_path} names transcoder {name!r} but {path.name} is missing from {d}: "
+                    "rerun compare into this directory"
+                )
             m = _read_json(path)
             m.pop("meta", None)
             metrics[name] = m
@@ -102,8 +104,9 @@ def load_results(directory: str | Path) -> tuple[dict[str, Any], dict[str, dict[
         m = _read_json(metrics_path)
         meta = m.pop("meta", None) or {}
         return meta, {str(m.get("name") or "transcoder"): m}, None
-    raise UserError(f"{d} has neither metrics.json nor comparison.json: pass the --output_dir of an evaluate or "
-                    "compare run")
+    raise UserError(
+        f"{d} has neither metrics.json nor comparison.json: pass the --output_dir of an evaluate or compare run"
+    )
 
 
 # ------------------------------------------------------------- sections
@@ -136,8 +139,10 @@ def _transcoders(metrics: dict[str, dict[str, Any]]) -> str:
         for side in ("input", "output"):
             s = sites.get(side) or {}
             norm = f", normalised without gain ({s['normalize']})" if s.get("normalize") else ""
-            site_cells.append(f"<code>{_e(s.get('name'))}</code><br>{_e(s.get('direction'))} of "
-                              f"<code>{_e(s.get('module'))}</code>{_e(norm)}")
+            site_cells.append(
+                f"<code>{_e(s.get('name'))}</code><br>{_e(s.get('direction'))} of "
+                f"<code>{_e(s.get('module'))}</code>{_e(norm)}"
+            )
         notes = "".join(f"<br>note: {_e(n)}" for n in src.get("notes") or [])
         rows.append(
             f"<tr><td><b>{_e(name)}</b></td><td>{_e(tc.get('architecture'))}</td>"
@@ -145,9 +150,12 @@ def _transcoders(metrics: dict[str, dict[str, Any]]) -> str:
             f"<td>{_e(prefixes if len(prefixes) > 1 else '')}</td><td>{site_cells[0]}</td><td>{site_cells[1]}</td>"
             f"<td>{_e(source_text(src))}{notes}</td></tr>"
         )
-    return ("<h2>Transcoders</h2>\n<table><tr><th>name</th><th>architecture</th><th>d_in &rarr; d_sae &rarr; d_out</th>"
-            "<th>nested prefixes</th><th>input site</th><th>output site</th><th>source</th></tr>\n"
-            + "\n".join(rows) + "</table>\n")
+    return (
+        "<h2>Transcoders</h2>\n<table><tr><th>name</th><th>architecture</th><th>d_in &rarr; d_sae &rarr; d_out</th>"
+        "<th>nested prefixes</th><th>input site</th><th>output site</th><th>source</th></tr>\n"
+        + "\n".join(rows)
+        + "</table>\n"
+    )
 
 
 def _cell(value: Any, spec: str, iv: dict[str, Any] | None) -> str:
@@ -158,11 +166,13 @@ def _cell(value: Any, spec: str, iv: dict[str, Any] | None) -> str:
 def _summary_table(metrics: dict[str, dict[str, Any]]) -> str:
     names = list(metrics)
     head = "".join(f"<th>{_e(n)}</th>" for n in names)
-    out = ["<h2>Summary</h2>",
-           "<p>Values over all evaluated tokens; the bracket under a value is its bootstrap interval over sequences "
-           "(where one exists). The <i>field</i> column names where the number is in the metrics JSON; the first rows "
-           "are the field names the seed code printed.</p>",
-           f"<table><tr><th>metric</th><th>field</th>{head}</tr>"]
+    out = [
+        "<h2>Summary</h2>",
+        "<p>Values over all evaluated tokens; the bracket under a value is its bootstrap interval over sequences "
+        "(where one exists). The <i>field</i> column names where the number is in the metrics JSON; the first rows "
+        "are the field names the seed code printed.</p>",
+        f"<table><tr><th>metric</th><th>field</th>{head}</tr>",
+    ]
     seed_rows = {n: headline_fields(m) for n, m in metrics.items()}
     for i, (field, _, spec, _) in enumerate(seed_rows[names[0]]):
         cells = []
@@ -192,8 +202,10 @@ def _summary_table(metrics: dict[str, dict[str, Any]]) -> str:
             notes.append(f"{n}: absorption: {absorption_value(m)[1]}")
         sp = m.get("sparsity") or {}
         if sp:
-            notes.append(f"{n}: dead and dense latents are measured over {sp.get('n_tokens', 0):,} tokens; a latent may "
-                         "be alive on other text")
+            notes.append(
+                f"{n}: dead and dense latents are measured over {sp.get('n_tokens', 0):,} tokens; a latent may "
+                "be alive on other text"
+            )
     if notes:
         out.append("<ul>" + "".join(f"<li>{_e(x)}</li>" for x in notes) + "</ul>")
     return "\n".join(out) + "\n"
@@ -206,23 +218,31 @@ def _verdicts(comparison: dict[str, Any]) -> str:
         pairs = "<br>".join(
             f"{_e(p['a'])} &minus; {_e(p['b'])}: {_e(fmt(p['difference'], '.4g'))} "
             f"<span class='ci'>{_e(fmt_interval(p, '.4g'))}</span>{' <b>significant</b>' if p.get('significant') else ''}"
-            for p in c.get("pairs") or [] if p.get("low") is not None)
+            for p in c.get("pairs") or []
+            if p.get("low") is not None
+        )
         values = ", ".join(f"{n}: {fmt(v, '.4g')}" for n, v in (c.get("values") or {}).items())
-        rows.append(f"<tr><td><b>{_e(c['name'])}</b><br><span class='ci'>{_e(c.get('why'))}</span></td>"
-                    f"<td class='{cls}'>{_e(c.get('verdict'))}</td><td>{_e(values)}</td><td>{pairs}</td>"
-                    f"<td><span class='ci'>{_e(c.get('how'))}</span></td></tr>")
+        rows.append(
+            f"<tr><td><b>{_e(c['name'])}</b><br><span class='ci'>{_e(c.get('why'))}</span></td>"
+            f"<td class='{cls}'>{_e(c.get('verdict'))}</td><td>{_e(values)}</td><td>{pairs}</td>"
+            f"<td><span class='ci'>{_e(c.get('how'))}</span></td></tr>"
+        )
     note = str(comparison.get("note", ""))
-    return ("<h2>Verdicts</h2>\n<p>" + _e(note[:1].upper() + note[1:]) + ". Both transcoders saw exactly the same "
-            "sequences, so the bootstrap resamples them together.</p>\n<table><tr><th>category</th><th>verdict</th><th>values</th>"
-            "<th>paired difference [interval]</th><th>how decided</th></tr>\n" + "\n".join(rows) + "</table>\n")
+    return (
+        "<h2>Verdicts</h2>\n<p>" + _e(note[:1].upper() + note[1:]) + ". Both transcoders saw exactly the same "
+        "sequences, so the bootstrap resamples them together.</p>\n<table><tr><th>category</th><th>verdict</th><th>values</th>"
+        "<th>paired difference [interval]</th><th>how decided</th></tr>\n" + "\n".join(rows) + "</table>\n"
+    )
 
 
 def _plots(metrics: dict[str, dict[str, Any]]) -> str:
     out = ["<h2>Plots</h2>"]
     for p in all_plots(metrics):
         data = base64.b64encode(p.png).decode("ascii")
-        out.append(f"<figure><h3>{_e(p.title)}</h3><img alt='{_e(p.title)}' src='data:image/png;base64,{data}'>"
-                   f"<figcaption>{_e(p.caption)}</figcaption></figure>")
+        out.append(
+            f"<figure><h3>{_e(p.title)}</h3><img alt='{_e(p.title)}' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{_e(p.caption)}</figcaption></figure>"
+        )
     return "\n".join(out) + "\n"
 
 
@@ -235,70 +255,106 @@ def _prefix_tables(metrics: dict[str, dict[str, Any]]) -> str:
         cols = [(k, label, spec) for k, label, spec in PREFIX_COLUMNS if any(r.get(k) is not None for r in rows)]
         head = "".join(f"<th>{_e(label)}</th>" for _, label, _ in cols)
         body = "".join(
-            "<tr><td class='num'>" + _e(r["prefix_end"]) + "</td>"
-            + "".join(_cell(r.get(k), spec, r.get(f"{k}_interval")) for k, _, spec in cols) + "</tr>" for r in rows)
+            "<tr><td class='num'>"
+            + _e(r["prefix_end"])
+            + "</td>"
+            + "".join(_cell(r.get(k), spec, r.get(f"{k}_interval")) for k, _, spec in cols)
+            + "</tr>"
+            for r in rows
+        )
         out.append(f"<h3>{_e(name)}</h3><table><tr><th>first N latents</th>{head}</tr>{body}</table>")
     if not out:
         return ""
-    return ("<h2>Matryoshka prefixes</h2>\n<p>Each row reconstructs with only the first N latents (the nested prefix); "
-            "L0 within the prefix counts active latents among those N.</p>\n" + "\n".join(out) + "\n")
+    return (
+        "<h2>Matryoshka prefixes</h2>\n<p>Each row reconstructs with only the first N latents (the nested prefix); "
+        "L0 within the prefix counts active latents among those N.</p>\n" + "\n".join(out) + "\n"
+    )
 
 
 def _suggestions(metrics: dict[str, dict[str, Any]]) -> str:
-    out = ["<h2>Suggestions</h2>", "<p>Rules applied to the measured metrics; every threshold is listed below with "
-           "where it comes from. Each suggestion names the setting to change and why.</p>"]
+    out = [
+        "<h2>Suggestions</h2>",
+        "<p>Rules applied to the measured metrics; every threshold is listed below with "
+        "where it comes from. Each suggestion names the setting to change and why.</p>",
+    ]
     for name, m in metrics.items():
         out.append(f"<h3>{_e(name)}</h3>")
         if (m.get("source") or {}).get("format") in ("gemma_scope_1", "gemma_scope_2", "saelens"):
-            out.append("<p class='meta'>Pretrained transcoder: the training suggestions apply only if you train one "
-                       "like it.</p>")
+            out.append(
+                "<p class='meta'>Pretrained transcoder: the training suggestions apply only if you train one "
+                "like it.</p>"
+            )
         found = suggest(m)
         if not found:
             out.append("<div class='card ok'>No metric crossed a threshold.</div>")
         for s in found:
-            out.append(f"<div class='card'><b>{_e(s.finding)}</b><br>change: {_e(s.change)}<br>why: {_e(s.why)}"
-                       f"<br><span class='ci'>rule <code>{_e(s.rule)}</code>, threshold "
-                       f"{_e(THRESHOLDS.get(s.rule))} ({_e(THRESHOLD_SOURCES.get(s.rule, ''))})</span></div>")
+            out.append(
+                f"<div class='card'><b>{_e(s.finding)}</b><br>change: {_e(s.change)}<br>why: {_e(s.why)}"
+                f"<br><span class='ci'>rule <code>{_e(s.rule)}</code>, threshold "
+                f"{_e(THRESHOLDS.get(s.rule))} ({_e(THRESHOLD_SOURCES.get(s.rule, ''))})</span></div>"
+            )
     return "\n".join(out) + "\n"
 
 
 def _explanations() -> str:
-    out = ["<h2>What the numbers mean</h2>",
-           "<p>y is the target at the transcoder's output site, y_hat its reconstruction, t runs over the N kept tokens "
-           "(BOS, PAD and EOS excluded), d is the output width. Ranges and their sources are in "
-           "docs/INTERPRETABILITY_EVALUATION.md.</p>"]
+    out = [
+        "<h2>What the numbers mean</h2>",
+        "<p>y is the target at the transcoder's output site, y_hat its reconstruction, t runs over the N kept tokens "
+        "(BOS, PAD and EOS excluded), d is the output width. Ranges and their sources are in "
+        "docs/INTERPRETABILITY_EVALUATION.md.</p>",
+    ]
     for section in SECTIONS:
         out.append(f"<h3>{_e(section)}</h3><dl class='explain'>")
         for info in (i for i in METRICS if i.section == section):
             direction = {True: " Lower is better.", False: " Higher is better.", None: ""}[info.lower_is_better]
-            out.append(f"<dt>{_e(info.label)} <code>{_e(info.key)}</code></dt><dd><code>{_e(info.formula)}</code><br>"
-                       f"{_e(info.meaning)}.{_e(direction)}"
-                       + (" Bootstrap interval over sequences." if info.interval else "") + "</dd>")
+            out.append(
+                f"<dt>{_e(info.label)} <code>{_e(info.key)}</code></dt><dd><code>{_e(info.formula)}</code><br>"
+                f"{_e(info.meaning)}.{_e(direction)}"
+                + (" Bootstrap interval over sequences." if info.interval else "")
+                + "</dd>"
+            )
         out.append("</dl>")
-    out.append("<h3>Intervals and verdicts</h3><p>Tokens of one sequence are correlated, so intervals come from "
-               "resampling whole sequences (a Poisson bootstrap: each resample counts every sequence a Poisson(1) "
-               "number of times, seeded by the sequence's index); the interval is the central percentile range of the "
-               "resampled metric. Paired differences resample both transcoders with the same counts. Dead latents and "
-               "absorption have no per-sequence form and no interval; decoder redundancy depends on the weights only.</p>")
-    rows = "".join(f"<tr><td><code>{_e(k)}</code></td><td class='num'>{_e(v)}</td><td>{_e(THRESHOLD_SOURCES.get(k, ''))}"
-                   "</td></tr>" for k, v in THRESHOLDS.items())
-    out.append(f"<h3>Suggestion thresholds</h3><table><tr><th>rule</th><th>threshold</th><th>source</th></tr>{rows}</table>")
+    out.append(
+        "<h3>Intervals and verdicts</h3><p>Tokens of one sequence are correlated, so intervals come from "
+        "resampling whole sequences (a Poisson bootstrap: each resample counts every sequence a Poisson(1) "
+        "number of times, seeded by the sequence's index); the interval is the central percentile range of the "
+        "resampled metric. Paired differences resample both transcoders with the same counts. Dead latents and "
+        "absorption have no per-sequence form and no interval; decoder redundancy depends on the weights only.</p>"
+    )
+    rows = "".join(
+        f"<tr><td><code>{_e(k)}</code></td><td class='num'>{_e(v)}</td><td>{_e(THRESHOLD_SOURCES.get(k, ''))}</td></tr>"
+        for k, v in THRESHOLDS.items()
+    )
+    out.append(
+        f"<h3>Suggestion thresholds</h3><table><tr><th>rule</th><th>threshold</th><th>source</th></tr>{rows}</table>"
+    )
     return "\n".join(out) + "\n"
 
 
-def render_report(meta: dict[str, Any], metrics: dict[str, dict[str, Any]], comparison: dict[str, Any] | None = None) -> str:
+def render_report(
+    meta: dict[str, Any], metrics: dict[str, dict[str, Any]], comparison: dict[str, Any] | None = None
+) -> str:
     """The whole page as a string (deterministic for the same inputs)."""
     if comparison is None and len(metrics) > 1:
         comparison = comparison_record(meta, metrics)
     versions = ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items())
-    body = (_header(meta, metrics, comparison) + _transcoders(metrics) + (_verdicts(comparison) if comparison else "")
-            + _summary_table(metrics) + _plots(metrics) + _prefix_tables(metrics) + _suggestions(metrics)
-            + _explanations()
-            + f"<p class='meta'>versions: {_e(versions)}<br>Rebuild this page from the JSON files with "
-              "<code>transcoderbench report DIR</code>.</p>")
+    body = (
+        _header(meta, metrics, comparison)
+        + _transcoders(metrics)
+        + (_verdicts(comparison) if comparison else "")
+        + _summary_table(metrics)
+        + _plots(metrics)
+        + _prefix_tables(metrics)
+        + _suggestions(metrics)
+        + _explanations()
+        + f"<p class='meta'>versions: {_e(versions)}<br>Rebuild this page from the JSON files with "
+        "<code>transcoderbench report DIR</code>.</p>"
+    )
     title = ("comparison: " if comparison else "evaluation: ") + ", ".join(metrics)
-    return (f"<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n<title>transcoderbench {_e(title)}"
-            f"</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>\n{body}</main>\n</body>\n</html>\n")
+    return (
+        f"<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n<title>transcoderbench {_e(title)}"
+        f"</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>\n{body}</main>\n</body>\n</html>\n"
+    )
 
 
 def build_report(directory: str | Path) -> str:
@@ -313,8 +369,12 @@ def write_report(directory: str | Path) -> Path:
     return write_files(directory, {REPORT_NAME: text})[0]
 
 
-def add_report(files: dict[str, Any], meta: dict[str, Any], metrics: dict[str, dict[str, Any]],
-               comparison: dict[str, Any] | None = None) -> dict[str, Any]:
+def add_report(
+    files: dict[str, Any],
+    meta: dict[str, Any],
+    metrics: dict[str, dict[str, Any]],
+    comparison: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """``files`` plus report.html, rendered from exactly what the JSON files will hold.
 
     So the page can be written together with the JSON (all or nothing, by ``write_files``), and

@@ -63,17 +63,26 @@ def l0_histogram(metrics: dict[str, dict[str, Any]]) -> Plot | None:
         counts = np.asarray(h.get("counts") or [], dtype=float)
         if counts.sum() <= 0:
             continue
-        ax.stairs(counts / counts.sum(), np.asarray(h["bin_edges"], dtype=float), label=f"{name} (mean {m['sparsity']['l0_mean']:.1f})",
-                  color=_style(i)["color"], linewidth=1.8)
+        ax.stairs(
+            counts / counts.sum(),
+            np.asarray(h["bin_edges"], dtype=float),
+            label=f"{name} (mean {m['sparsity']['l0_mean']:.1f})",
+            color=_style(i)["color"],
+            linewidth=1.8,
+        )
         drawn += 1
     if not drawn:
         return None
     ax.set_xlabel("active latents per token (L0)")
     ax.set_ylabel("fraction of tokens")
     ax.legend(fontsize=8)
-    return Plot("L0 per token", _png(fig), "How many latents fire on each evaluated token (BOS/PAD/EOS excluded). "
-                "A narrow peak is what TopK-style training produces; a long right tail means a few tokens use many "
-                "latents.")
+    return Plot(
+        "L0 per token",
+        _png(fig),
+        "How many latents fire on each evaluated token (BOS/PAD/EOS excluded). "
+        "A narrow peak is what TopK-style training produces; a long right tail means a few tokens use many "
+        "latents.",
+    )
 
 
 def density_histogram(metrics: dict[str, dict[str, Any]]) -> Plot | None:
@@ -85,8 +94,13 @@ def density_histogram(metrics: dict[str, dict[str, Any]]) -> Plot | None:
         counts = np.asarray(h.get("counts") or [], dtype=float)
         if counts.size == 0:
             continue
-        ax.stairs(counts, np.asarray(h["bin_edges"], dtype=float), color=_style(i)["color"], linewidth=1.8,
-                  label=f"{name} ({h.get('dead_latents', 0)} dead, not shown)")
+        ax.stairs(
+            counts,
+            np.asarray(h["bin_edges"], dtype=float),
+            color=_style(i)["color"],
+            linewidth=1.8,
+            label=f"{name} ({h.get('dead_latents', 0)} dead, not shown)",
+        )
         drawn += 1
     if not drawn:
         return None
@@ -94,9 +108,13 @@ def density_histogram(metrics: dict[str, dict[str, Any]]) -> Plot | None:
     ax.set_xlabel("log10(fraction of tokens the latent fires on)")
     ax.set_ylabel("latents")
     ax.legend(fontsize=8)
-    return Plot("Feature density", _png(fig), "Each latent's firing frequency on the evaluated tokens, in log10. "
-                "Latents right of the dotted line (10%) are dense; dead latents never fired and are counted in the "
-                "legend, not drawn. The left edge is one firing in the whole evaluation.")
+    return Plot(
+        "Feature density",
+        _png(fig),
+        "Each latent's firing frequency on the evaluated tokens, in log10. "
+        "Latents right of the dotted line (10%) are dense; dead latents never fired and are counted in the "
+        "legend, not drawn. The left edge is one firing in the whole evaluation.",
+    )
 
 
 def prefix_curves(metrics: dict[str, dict[str, Any]]) -> Plot | None:
@@ -126,9 +144,13 @@ def prefix_curves(metrics: dict[str, dict[str, Any]]) -> Plot | None:
         ax.set_xlabel("latents in the prefix (first N)")
         ax.set_ylabel(label)
         ax.legend(fontsize=8)
-    return Plot("Matryoshka prefix curves", _png(fig), "Reconstruction (and spliced loss, when measured) using only the "
-                "first N latents of each nested prefix; error bars are bootstrap intervals over sequences. A curve that "
-                "flattens early means the last groups add little.")
+    return Plot(
+        "Matryoshka prefix curves",
+        _png(fig),
+        "Reconstruction (and spliced loss, when measured) using only the "
+        "first N latents of each nested prefix; error bars are bootstrap intervals over sequences. A curve that "
+        "flattens early means the last groups add little.",
+    )
 
 
 def frontier(metrics: dict[str, dict[str, Any]]) -> Plot | None:
@@ -150,30 +172,52 @@ def frontier(metrics: dict[str, dict[str, Any]]) -> Plot | None:
             if rows:
                 pts = [p for p in rows if p.get("l0_mean") is not None and p.get(key) is not None]
                 if pts:
-                    ax.plot([p["l0_mean"] for p in pts], [p[key] for p in pts], color=style["color"], linewidth=1.2,
-                            marker=".", alpha=0.8)
+                    ax.plot(
+                        [p["l0_mean"] for p in pts],
+                        [p[key] for p in pts],
+                        color=style["color"],
+                        linewidth=1.2,
+                        marker=".",
+                        alpha=0.8,
+                    )
                 elif name not in missing_prefix_l0:
                     missing_prefix_l0.append(name)
             ivs = dig(m, ("uncertainty", "intervals")) or {}
-            ax.errorbar([x], [y], xerr=_err(ivs.get("l0_mean"), x), yerr=_err(ivs.get(key), y), label=name,
-                        markersize=9, capsize=3, linestyle="none", **style)
+            ax.errorbar(
+                [x],
+                [y],
+                xerr=_err(ivs.get("l0_mean"), x),
+                yerr=_err(ivs.get(key), y),
+                label=name,
+                markersize=9,
+                capsize=3,
+                linestyle="none",
+                **style,
+            )
             drawn += 1
         ax.set_xlabel("mean L0 (active latents per token)")
         ax.set_ylabel(label)
         ax.legend(fontsize=8)
     if not drawn:
         return None
-    caption = ("One large marker per transcoder at its mean L0 and FVU (and delta loss), with bootstrap intervals. "
-               "For Matryoshka transcoders the thin line is the whole prefix curve: each point uses only the first N "
-               "latents, at the mean number of active latents among those N. Lower and further left is better; compare "
-               "transcoders at similar L0.")
+    caption = (
+        "One large marker per transcoder at its mean L0 and FVU (and delta loss), with bootstrap intervals. "
+        "For Matryoshka transcoders the thin line is the whole prefix curve: each point uses only the first N "
+        "latents, at the mean number of active latents among those N. Lower and further left is better; compare "
+        "transcoders at similar L0."
+    )
     if missing_prefix_l0:
-        caption += (f" No per-prefix L0 was recorded for {', '.join(missing_prefix_l0)} (no per-sequence statistics), "
-                    "so only the full transcoder is drawn.")
+        caption += (
+            f" No per-prefix L0 was recorded for {', '.join(missing_prefix_l0)} (no per-sequence statistics), "
+            "so only the full transcoder is drawn."
+        )
     return Plot("Sparsity / fidelity frontier", _png(fig), caption)
 
 
 def all_plots(metrics: dict[str, dict[str, Any]]) -> list[Plot]:
     """Every figure that has data, in report order."""
-    return [p for p in (frontier(metrics), prefix_curves(metrics), l0_histogram(metrics), density_histogram(metrics))
-            if p is not None]
+    return [
+        p
+        for p in (frontier(metrics), prefix_curves(metrics), l0_histogram(metrics), density_histogram(metrics))
+        if p is not None
+    ]

@@ -46,7 +46,8 @@ def header_lines(meta: dict[str, Any], title: str) -> list[str]:
         f"tokens:   {tok.get('n_tokens_evaluated', 0):,} evaluated of {tok.get('n_positions', 0):,} positions read "
         f"({tok.get('n_batches')} batches x {tok.get('batch_size')} sequences x {tok.get('seq_len')} tokens); "
         "BOS, PAD and EOS positions excluded",
-        "forward:  " + (f"stopped after layer {stop} (later layers not needed)" if stop is not None else "full forward pass"),
+        "forward:  "
+        + (f"stopped after layer {stop} (later layers not needed)" if stop is not None else "full forward pass"),
         "versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
         "",
     ]
@@ -65,7 +66,8 @@ def transcoder_lines(m: dict[str, Any]) -> list[str]:
     sites = m.get("sites", {})
     lines = [
         f"transcoder {m.get('name')}: {tc.get('architecture')}, d_in {tc.get('d_in')} -> d_sae {tc.get('d_sae')} -> "
-        f"d_out {tc.get('d_out')}" + (f", nested prefixes {tc.get('prefix_ends')}" if len(tc.get("prefix_ends", [])) > 1 else ""),
+        f"d_out {tc.get('d_out')}"
+        + (f", nested prefixes {tc.get('prefix_ends')}" if len(tc.get("prefix_ends", [])) > 1 else ""),
         f"  {source_text(src)}",
     ]
     for side in ("input", "output"):
@@ -95,8 +97,14 @@ def headline_fields(m: dict[str, Any]) -> list[tuple[str, Any, str, str]]:
     out = []
     for info in METRICS:
         if info.seed_field:
-            out.append((info.seed_field, m.get(info.seed_field, dig(m, info.path)), info.spec,
-                        fmt_interval(interval_of(m, info), info.spec)))
+            out.append(
+                (
+                    info.seed_field,
+                    m.get(info.seed_field, dig(m, info.path)),
+                    info.spec,
+                    fmt_interval(interval_of(m, info), info.spec),
+                )
+            )
     value, note = absorption_value(m)
     out.append(("absorption", value, ".4f", "" if value is not None else note))
     return out
@@ -108,9 +116,11 @@ def uncertainty_line(m: dict[str, Any]) -> str:
         return "intervals: none in these results (no bootstrap was run)"
     if not unc.get("intervals"):
         return "intervals: " + str(unc.get("note") or "none")
-    return (f"intervals: {100 * unc['confidence']:.0f}% bootstrap over {unc.get('n_sequences')} sequences "
-            f"({unc['n_resamples']} resamples, seed {unc['seed']}); tokens within a sequence are correlated, so "
-            "sequences are resampled, not tokens")
+    return (
+        f"intervals: {100 * unc['confidence']:.0f}% bootstrap over {unc.get('n_sequences')} sequences "
+        f"({unc['n_resamples']} resamples, seed {unc['seed']}); tokens within a sequence are correlated, so "
+        "sequences are resampled, not tokens"
+    )
 
 
 def _value_line(m: dict[str, Any], info: MetricInfo) -> str:
@@ -134,15 +144,18 @@ def metric_lines(m: dict[str, Any]) -> list[str]:
             section = info.section
         lines.append(_value_line(m, info))
         if info.key == "sparsity.dense_fraction" and m.get("sparsity"):
-            lines.append(f"  (dead and dense are measured over {m['sparsity'].get('n_tokens', 0):,} tokens; a latent may be "
-                         "alive on other text)")
+            lines.append(
+                f"  (dead and dense are measured over {m['sparsity'].get('n_tokens', 0):,} tokens; a latent may be "
+                "alive on other text)"
+            )
     if not isinstance(m.get("downstream"), dict):
         lines += ["", "Downstream (spliced into the model)", "  " + downstream_note(m)]
     lines += ["", "Absorption (first letter)"]
     if isinstance(m.get("absorption"), dict):
         lines += ["  " + line for line in absorption_summary_lines(str(m.get("name")), m["absorption"])]
-    lines += textwrap.wrap(str(m.get("absorption_note") or absorption_value(m)[1]), width=100, initial_indent="  ",
-                           subsequent_indent="  ")
+    lines += textwrap.wrap(
+        str(m.get("absorption_note") or absorption_value(m)[1]), width=100, initial_indent="  ", subsequent_indent="  "
+    )
     rows = prefix_rows(m)
     if rows:
         lines += ["", "Matryoshka prefixes (reconstruction using only the first N latents)"]

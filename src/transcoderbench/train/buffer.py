@@ -92,8 +92,13 @@ class ActivationBuffer:
 
     # ------------------------------------------------------------------ reading
     def _open_stream(self, skip: int = 0) -> None:
-        batches = token_batches(self.source, self.lm.tokenizer, seq_len=self.seq_len, batch_size=self.lm_batch_size,
-                                n_batches=self.max_batches)
+        batches = token_batches(
+            self.source,
+            self.lm.tokenizer,
+            seq_len=self.seq_len,
+            batch_size=self.lm_batch_size,
+            n_batches=self.max_batches,
+        )
         self._stream = islice(batches, skip, None)
 
     def _read_batch(self) -> tuple[Tensor, Tensor] | None:
@@ -125,9 +130,14 @@ class ActivationBuffer:
         """Read until one more language-model batch might not fit (or, on the first fill, the data end)."""
         most = self.lm_batch_size * self.seq_len  # the most rows one language-model batch can add
         needed = self.still_needed
-        bar = progress_bar(total=self.capacity if needed is None else min(self.capacity, needed),
-                           desc="reading activations", unit="tok", disable=not (self.show_progress and first),
-                           leave=False, initial=self.n)
+        bar = progress_bar(
+            total=self.capacity if needed is None else min(self.capacity, needed),
+            desc="reading activations",
+            unit="tok",
+            disable=not (self.show_progress and first),
+            leave=False,
+            initial=self.n,
+        )
         while self.n + most <= self.capacity and (needed is None or self.n < needed):
             got = self._read_batch()
             if got is None:
@@ -142,8 +152,8 @@ class ActivationBuffer:
                 self.log(f"the dataset ran out; reading it again (epoch {self.epoch + 1})")
                 continue
             x, y = got
-            self.x[self.n:self.n + x.shape[0]] = x
-            self.y[self.n:self.n + y.shape[0]] = y
+            self.x[self.n : self.n + x.shape[0]] = x
+            self.y[self.n : self.n + y.shape[0]] = y
             self.n += x.shape[0]
             bar.update(x.shape[0])
         bar.close()
@@ -154,8 +164,10 @@ class ActivationBuffer:
         self.total = self.n
         self.order = torch.arange(self.n)
         self._stream = None
-        self.log(f"the whole dataset ({self.total:,} tokens) fits in the buffer: the language model reads it once and "
-                 "each epoch reshuffles it")
+        self.log(
+            f"the whole dataset ({self.total:,} tokens) fits in the buffer: the language model reads it once and "
+            "each epoch reshuffles it"
+        )
 
     # ------------------------------------------------------------------ serving
     def start(self) -> None:
@@ -164,13 +176,15 @@ class ActivationBuffer:
 
     def first_rows(self) -> tuple[Tensor, Tensor]:
         """The rows of the first fill (for data-dependent initialisation)."""
-        return self.x[:self.n], self.y[:self.n]
+        return self.x[: self.n], self.y[: self.n]
 
     def next_batch(self, batch_size: int) -> tuple[Tensor, Tensor]:
         if self.in_memory:
             if self.total < batch_size:
-                raise UserError(f"--batch_size {batch_size}: the dataset has only {self.total:,} tokens; use a "
-                                "smaller --batch_size or more text")
+                raise UserError(
+                    f"--batch_size {batch_size}: the dataset has only {self.total:,} tokens; use a "
+                    "smaller --batch_size or more text"
+                )
             if self.n < batch_size:  # end of an epoch: the rest (fewer than one batch) is skipped
                 self.epoch += 1
                 self.n = self.total
@@ -181,44 +195,54 @@ class ActivationBuffer:
                 self._fill(first=False)
         self.n -= batch_size
         self.served += batch_size
-        return self.x[self.n:self.n + batch_size].clone(), self.y[self.n:self.n + batch_size].clone()
+        return self.x[self.n : self.n + batch_size].clone(), self.y[self.n : self.n + batch_size].clone()
 
     # ------------------------------------------------------------------ resume
     def state(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
         """JSON-ready position and the tensors needed to continue exactly from here."""
-        meta = {"in_memory": self.in_memory, "n": self.n, "total": self.total, "epoch": self.epoch,
-                "batches_read": self.batches_read, "capacity": self.capacity, "tokens_read": self.tokens_read,
-                "served": self.served}
+        meta = {
+            "in_memory": self.in_memory,
+            "n": self.n,
+            "total": self.total,
+            "epoch": self.epoch,
+            "batches_read": self.batches_read,
+            "capacity": self.capacity,
+            "tokens_read": self.tokens_read,
+            "served": self.served,
+        }
         tensors = {"buffer.generator": self.generator.get_state()}
         if self.in_memory:
             assert self.order is not None
             tensors["buffer.order"] = self.order
         else:
-            tensors["buffer.x"] = self.x[:self.n]
-            tensors["buffer.y"] = self.y[:self.n]
+            tensors["buffer.x"] = self.x[: self.n]
+            tensors["buffer.y"] = self.y[: self.n]
         return meta, tensors
 
     def load_state(self, meta: dict[str, Any], tensors: dict[str, Tensor]) -> None:
         """Continue from :meth:`state`. In memory mode this re-reads the dataset (same batches, same rows)."""
         if int(meta["capacity"]) != self.capacity:
-            raise UserError(f"resume: the saved buffer held {meta['capacity']} tokens, not --buffer_tokens "
-                            f"{self.capacity}")
+            raise UserError(
+                f"resume: the saved buffer held {meta['capacity']} tokens, not --buffer_tokens {self.capacity}"
+            )
         self.served = int(meta["served"])
         if meta["in_memory"]:
             self.served = 0  # the first fill must read the whole dataset again, as it did at the start
             self._fill(first=True)
             self.served = int(meta["served"])
             if not self.in_memory or self.total != int(meta["total"]):
-                raise UserError(f"resume: --dataset {self.source.name} no longer gives the {meta['total']:,} tokens the "
-                                "run started with; resume with the same data")
+                raise UserError(
+                    f"resume: --dataset {self.source.name} no longer gives the {meta['total']:,} tokens the "
+                    "run started with; resume with the same data"
+                )
             order = tensors["buffer.order"].to(torch.int64)
             # Undo the fresh fill's shuffle, then lay the rows out in the saved order.
             assert self.order is not None
             inverse = torch.empty_like(self.order)
             inverse[self.order] = torch.arange(self.total)
             pos = inverse[order].to(self.device)
-            self.x[:self.total] = self.x[:self.total][pos]
-            self.y[:self.total] = self.y[:self.total][pos]
+            self.x[: self.total] = self.x[: self.total][pos]
+            self.y[: self.total] = self.y[: self.total][pos]
             self.order = order.clone()
         else:
             n = int(meta["n"])

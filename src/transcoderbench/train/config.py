@@ -30,27 +30,37 @@ class TrainConfig:
     """Training settings (one transcoder)."""
 
     # ------------------------------------------------------------------ what to read
-    model: str = opt("smollm2-135m", "language model: a hub id, a local directory, a .gguf file, or smollm2-135m "
-                                     "(built in, offline)")
-    layer: int | None = opt(None, "layer whose MLP the transcoder stands in for (required unless --input_site and "
-                                  "--output_site both name a layer)")
+    model: str = opt(
+        "smollm2-135m", "language model: a hub id, a local directory, a .gguf file, or smollm2-135m (built in, offline)"
+    )
+    layer: int | None = opt(
+        None,
+        "layer whose MLP the transcoder stands in for (required unless --input_site and "
+        "--output_site both name a layer)",
+    )
     input_site: str | None = opt(
         None,
         "site the transcoder reads. Default blocks.L.ln2.hook_normalized: the MLP's input normalised *without* the "
         "norm's gain, as Gemma Scope 1 transcoders read it; every token then has the same scale, which keeps "
         "training well conditioned at any layer and model. blocks.L.hook_mlp_in reads the raw residual (the seed "
-        "project's choice), blocks.L.mlp.hook_in the gained norm output (Gemma Scope 2's)")
-    output_site: str | None = opt(None, "site the transcoder predicts (default: blocks.L.hook_mlp_out, the MLP's "
-                                        "output)")
+        "project's choice), blocks.L.mlp.hook_in the gained norm output (Gemma Scope 2's)",
+    )
+    output_site: str | None = opt(
+        None, "site the transcoder predicts (default: blocks.L.hook_mlp_out, the MLP's output)"
+    )
     # ------------------------------------------------------------------ architecture
-    architecture: str = opt("matryoshka", "matryoshka (nested BatchTopK groups), batchtopk (one group) or topk "
-                                          "(each token keeps its own top_k)", choices=ARCHITECTURE_CHOICES)
+    architecture: str = opt(
+        "matryoshka",
+        "matryoshka (nested BatchTopK groups), batchtopk (one group) or topk (each token keeps its own top_k)",
+        choices=ARCHITECTURE_CHOICES,
+    )
     dict_size: int = opt(4096, "number of latents (d_sae)")
     group_sizes: str | None = opt(
         None,
         "Matryoshka nested groups, smallest prefix first, comma-separated: latent counts summing to dict_size "
         "(e.g. 128,256,512,1408) or fractions summing to 1 (e.g. 1/16,1/8,1/4,9/16). "
-        f"Default for matryoshka: {DEFAULT_GROUP_FRACTIONS}")
+        f"Default for matryoshka: {DEFAULT_GROUP_FRACTIONS}",
+    )
     top_k: int = opt(32, "active latents per token (BatchTopK: on average over the batch)")
     top_k_aux: int = opt(512, "dead latents per token that the auxiliary loss uses to predict the residual")
     aux_penalty: float = opt(1 / 32, "weight of the auxiliary dead-latent loss (0 turns it off)")
@@ -61,29 +71,44 @@ class TrainConfig:
     min_lr: float = opt(0.0, "learning rate reached at the last step")
     decay: str = opt("cosine", "decay from lr to min_lr after the warmup", choices=DECAY_CHOICES)
     batch_size: int = opt(4096, "activation tokens per training step")
-    token_budget: int = opt(50_000_000, "training tokens in all (steps = token_budget / batch_size); when the "
-                                        "dataset runs out it is read again")
+    token_budget: int = opt(
+        50_000_000,
+        "training tokens in all (steps = token_budget / batch_size); when the dataset runs out it is read again",
+    )
     seed: int = opt(0, "seed of the initialisation and of the activation shuffling")
     # ------------------------------------------------------------------ data
-    dataset: str | None = opt(None, "training text: a Hugging Face dataset id (streamed), a local .txt/.jsonl file "
-                                    "or folder, or builtin:NAME. Default: the built-in corpus")
-    dataset_tokens: int = opt(0, "read only the first this many tokens of the dataset (rounded up to whole "
-                                 "language-model batches) and repeat them in epochs; 0: the whole dataset")
+    dataset: str | None = opt(
+        None,
+        "training text: a Hugging Face dataset id (streamed), a local .txt/.jsonl file "
+        "or folder, or builtin:NAME. Default: the built-in corpus",
+    )
+    dataset_tokens: int = opt(
+        0,
+        "read only the first this many tokens of the dataset (rounded up to whole "
+        "language-model batches) and repeat them in epochs; 0: the whole dataset",
+    )
     text_field: str = opt("text", "field holding the text in .jsonl files and datasets")
     dataset_config: str | None = opt(None, "configuration (subset) of a Hugging Face dataset, e.g. sample-10BT")
     dataset_split: str = opt("train", "split of a Hugging Face dataset")
     seq_len: int = opt(128, "tokens per sequence, BOS included (BOS, EOS and PAD positions are never trained on)")
     lm_batch_size: int = opt(8, "sequences per language-model forward pass")
-    buffer_tokens: int = opt(131_072, "activations held in the shuffled buffer (memory: buffer_tokens x (d_in + "
-                                      "d_out) x 4 bytes); a dataset that fits is read by the model only once")
+    buffer_tokens: int = opt(
+        131_072,
+        "activations held in the shuffled buffer (memory: buffer_tokens x (d_in + "
+        "d_out) x 4 bytes); a dataset that fits is read by the model only once",
+    )
     dtype: str = opt("float32", "language-model dtype (float32, bfloat16, float16); the transcoder trains in float32")
     device: str = opt("auto", "torch device: auto (cuda if available), cpu, cuda, cuda:0, ...")
     trust_remote_code: bool = opt(False, "allow code from the model or dataset repository to run")
     # ------------------------------------------------------------------ outputs
-    output_dir: str = opt("runs/transcoder", "run directory: the latest transcoder (config.json + model.safetensors, "
-                                             "loadable by evaluate), metrics.jsonl, checkpoints/, resume/")
-    checkpoint_every: int = opt(0, "also save a checkpoint (and the resume state) every this many steps (0: only at "
-                                   "the end)")
+    output_dir: str = opt(
+        "runs/transcoder",
+        "run directory: the latest transcoder (config.json + model.safetensors, "
+        "loadable by evaluate), metrics.jsonl, checkpoints/, resume/",
+    )
+    checkpoint_every: int = opt(
+        0, "also save a checkpoint (and the resume state) every this many steps (0: only at the end)"
+    )
     log_every: int = opt(10, "write a metrics.jsonl line every this many steps")
     wandb: bool = opt(False, "log metrics to Weights & Biases (needs `pip install wandb`)")
     wandb_project: str = opt("transcoderbench", "Weights & Biases project")
@@ -91,12 +116,30 @@ class TrainConfig:
 
 
 #: Settings that may differ when a run is resumed: they change where and how it reports, not what it computes.
-RESUME_MUTABLE = frozenset({"output_dir", "checkpoint_every", "log_every", "wandb", "wandb_project", "progress",
-                            "device"})
+RESUME_MUTABLE = frozenset(
+    {"output_dir", "checkpoint_every", "log_every", "wandb", "wandb_project", "progress", "device"}
+)
 #: Settings that decide which activations a step sees; runs trained side by side must agree on them.
-DATA_FIELDS = ("model", "layer", "input_site", "output_site", "dataset", "dataset_tokens", "text_field",
-               "dataset_config", "dataset_split", "seq_len", "lm_batch_size", "buffer_tokens", "batch_size",
-               "token_budget", "seed", "dtype", "device", "trust_remote_code")
+DATA_FIELDS = (
+    "model",
+    "layer",
+    "input_site",
+    "output_site",
+    "dataset",
+    "dataset_tokens",
+    "text_field",
+    "dataset_config",
+    "dataset_split",
+    "seq_len",
+    "lm_batch_size",
+    "buffer_tokens",
+    "batch_size",
+    "token_budget",
+    "seed",
+    "dtype",
+    "device",
+    "trust_remote_code",
+)
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
@@ -163,8 +206,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise UserError(f"--config {path}: must hold a mapping of setting names to values")
     unknown = [k for k in data if k not in _FIELDS]
     if unknown:
-        raise UserError(f"--config {path}: unknown key {unknown[0]!r}; valid keys are the `train` flags "
-                        f"({', '.join(_FIELDS)})")
+        raise UserError(
+            f"--config {path}: unknown key {unknown[0]!r}; valid keys are the `train` flags ({', '.join(_FIELDS)})"
+        )
     return {k: coerce(k, v, f"--config {path}") for k, v in data.items()}
 
 
@@ -180,8 +224,17 @@ def make_config(values: dict[str, Any], where: str = "config") -> TrainConfig:
 
 def validate(c: TrainConfig) -> None:
     """One-line errors for settings that cannot work, before any model is loaded."""
-    positive = ("dict_size", "top_k", "top_k_aux", "dead_window", "batch_size", "token_budget", "seq_len",
-                "lm_batch_size", "buffer_tokens")
+    positive = (
+        "dict_size",
+        "top_k",
+        "top_k_aux",
+        "dead_window",
+        "batch_size",
+        "token_budget",
+        "seq_len",
+        "lm_batch_size",
+        "buffer_tokens",
+    )
     for name in positive:
         if getattr(c, name) <= 0:
             raise UserError(f"--{name} {getattr(c, name)}: must be positive")
@@ -202,8 +255,10 @@ def validate(c: TrainConfig) -> None:
         raise UserError(f"--seq_len {c.seq_len}: must be at least 2 (BOS plus one token)")
     need = c.batch_size + c.lm_batch_size * c.seq_len
     if c.buffer_tokens < need:
-        raise UserError(f"--buffer_tokens {c.buffer_tokens}: must hold a training batch plus a language-model batch "
-                        f"(--batch_size + --lm_batch_size x --seq_len = {need})")
+        raise UserError(
+            f"--buffer_tokens {c.buffer_tokens}: must hold a training batch plus a language-model batch "
+            f"(--batch_size + --lm_batch_size x --seq_len = {need})"
+        )
     if c.group_sizes is not None and c.architecture != "matryoshka":
         raise UserError(f"--group_sizes applies only to --architecture matryoshka (got {c.architecture})")
     group_sizes(c)  # raises on bad sizes
@@ -244,8 +299,10 @@ def parse_group_sizes(text: str, dict_size: int) -> list[int]:
             raise UserError(f"{flag}: the sizes add up to {sum(sizes)}, not --dict_size {dict_size}")
         return sizes
     if sum(values) != 1:
-        raise UserError(f"{flag}: fractions must add up to 1 (they add up to {float(sum(values)):g}), or give latent "
-                        f"counts that add up to --dict_size {dict_size}")
+        raise UserError(
+            f"{flag}: fractions must add up to 1 (they add up to {float(sum(values)):g}), or give latent "
+            f"counts that add up to --dict_size {dict_size}"
+        )
     sizes = [int(v * dict_size) for v in values]
     sizes[-1] += dict_size - sum(sizes)
     if any(s <= 0 for s in sizes):

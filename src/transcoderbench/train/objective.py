@@ -91,8 +91,9 @@ class _EncoderEntries(torch.autograd.Function):
     entries of latent ``s``, one ``embedding_bag`` over ``x`` with a bag per latent."""
 
     @staticmethod
-    def forward(ctx: Any, W_enc: Tensor, b_enc: Tensor, x: Tensor, tokens: Tensor, latents: Tensor,
-                values: Tensor) -> Tensor:
+    def forward(
+        ctx: Any, W_enc: Tensor, b_enc: Tensor, x: Tensor, tokens: Tensor, latents: Tensor, values: Tensor
+    ) -> Tensor:
         ctx.save_for_backward(x, tokens, latents)
         ctx.d_sae = W_enc.shape[1]
         return values.clone()
@@ -132,8 +133,9 @@ def total_variance(y: Tensor) -> Tensor:
     return (y - y.mean(dim=0)).pow(2).sum().clamp_min(torch.finfo(y.dtype).tiny)
 
 
-def prefix_losses(sel: Selection, y: Tensor, W_dec: Tensor, b_dec: Tensor, prefix_ends: tuple[int, ...],
-                  denominator: Tensor) -> tuple[list[Tensor], Tensor]:
+def prefix_losses(
+    sel: Selection, y: Tensor, W_dec: Tensor, b_dec: Tensor, prefix_ends: tuple[int, ...], denominator: Tensor
+) -> tuple[list[Tensor], Tensor]:
     """FVU of each nested prefix's reconstruction, and the final residual ``y - y_hat`` (all latents).
 
     Prefix ``p`` decodes only latents ``< prefix_ends[p]``. One decode computes every group's
@@ -154,8 +156,17 @@ def prefix_losses(sel: Selection, y: Tensor, W_dec: Tensor, b_dec: Tensor, prefi
     return losses, residual
 
 
-def aux_loss(pre: Tensor, dead: Tensor, residual: Tensor, x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor,
-             top_k_aux: int, denominator: Tensor) -> Tensor | None:
+def aux_loss(
+    pre: Tensor,
+    dead: Tensor,
+    residual: Tensor,
+    x: Tensor,
+    W_enc: Tensor,
+    b_enc: Tensor,
+    W_dec: Tensor,
+    top_k_aux: int,
+    denominator: Tensor,
+) -> Tensor | None:
     """The auxiliary loss on dead latents (Gao et al. 2024, App. B.1), or None when none is dead.
 
     Each token's ``top_k_aux`` largest pre-activations among dead latents reconstruct the residual
@@ -179,7 +190,11 @@ def aux_loss(pre: Tensor, dead: Tensor, residual: Tensor, x: Tensor, W_enc: Tens
     n = pre.shape[0]
     with torch.no_grad():
         values, idx = pre[:, dead_idx].topk(k_aux, dim=-1, sorted=False)
-    sel = Selection(tokens=torch.arange(n, device=pre.device).repeat_interleave(k_aux),
-                    latents=dead_idx[idx].reshape(-1), values=values.reshape(-1), n_tokens=n)
+    sel = Selection(
+        tokens=torch.arange(n, device=pre.device).repeat_interleave(k_aux),
+        latents=dead_idx[idx].reshape(-1),
+        values=values.reshape(-1),
+        n_tokens=n,
+    )
     e_hat = sparse_decode(with_encoder_grad(sel, x, W_enc, b_enc), W_dec)
     return scale * (e_hat - residual.detach()).pow(2).sum() / denominator

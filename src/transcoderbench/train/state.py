@@ -50,8 +50,10 @@ def has_state(output_dir: str | Path) -> bool:
 def load_state(output_dir: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     d = resume_dir(output_dir)
     if not has_state(output_dir):
-        raise UserError(f"--resume: {output_dir} holds no resume state ({d}/{STATE_JSON}); runs save one every "
-                        "--checkpoint_every steps")
+        raise UserError(
+            f"--resume: {output_dir} holds no resume state ({d}/{STATE_JSON}); runs save one every "
+            "--checkpoint_every steps"
+        )
     meta = read_json(d / STATE_JSON)
     if meta.get("format") != STATE_FORMAT or int(meta.get("version", 0)) > STATE_VERSION:
         raise UserError(f"{d / STATE_JSON}: not a resume state this version of transcoderbench reads")

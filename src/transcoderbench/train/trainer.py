@@ -112,8 +112,17 @@ class TranscoderTrainer:
     :meth:`final_transcoder` folds the scales back, so saved checkpoints read raw activations.
     """
 
-    def __init__(self, config: TrainConfig, *, d_in: int, d_out: int, input_site: str, output_site: str,
-                 device: torch.device | str = "cpu", name: str = "transcoder"):
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        d_in: int,
+        d_out: int,
+        input_site: str,
+        output_site: str,
+        device: torch.device | str = "cpu",
+        name: str = "transcoder",
+    ):
         self.name, self.config = name, config
         self.input_site, self.output_site = input_site, output_site
         self.sizes = group_sizes(config)
@@ -191,8 +200,11 @@ class TranscoderTrainer:
             self.tokens_since_fired[torch.bincount(sel.latents, minlength=c.dict_size) > 0] = 0
             if self.batch_topk and sel.values.numel():
                 self.last_kept = float(sel.values.min())
-                self.threshold = self.last_kept if self.threshold is None else (
-                    self.threshold_beta * self.threshold + (1 - self.threshold_beta) * self.last_kept)
+                self.threshold = (
+                    self.last_kept
+                    if self.threshold is None
+                    else (self.threshold_beta * self.threshold + (1 - self.threshold_beta) * self.last_kept)
+                )
             self.steps_done += 1
             out = {
                 "loss": float(loss),
@@ -218,8 +230,13 @@ class TranscoderTrainer:
         """
         p, m = self.params, self.config.top_k * x.shape[0]
         for floor in ((self.threshold or 0.0) * 0.5, 0.0):
-            kept = [v[v > floor] for v in ((x[i:i + chunk] * self.input_scale @ p["W_enc"] + p["b_enc"]).reshape(-1)
-                                          for i in range(0, x.shape[0], chunk))]
+            kept = [
+                v[v > floor]
+                for v in (
+                    (x[i : i + chunk] * self.input_scale @ p["W_enc"] + p["b_enc"]).reshape(-1)
+                    for i in range(0, x.shape[0], chunk)
+                )
+            ]
             values = torch.cat(kept)
             if values.numel() > m:
                 return float(values.topk(m + 1, sorted=True).values[-1])
@@ -244,13 +261,16 @@ class TranscoderTrainer:
         threshold = self.threshold or 0.0
         if recent_x is not None and recent_x.shape[0] > 0:
             threshold = self.calibrated_threshold(recent_x)
-        training.update(inference_threshold=threshold / s_y,
-                        threshold_ema=None if self.threshold is None else self.threshold / s_y,
-                        calibration_tokens=0 if recent_x is None else int(recent_x.shape[0]))
+        training.update(
+            inference_threshold=threshold / s_y,
+            threshold_ema=None if self.threshold is None else self.threshold / s_y,
+            calibration_tokens=0 if recent_x is None else int(recent_x.shape[0]),
+        )
         if c.architecture == "batchtopk":
             return BatchTopKTranscoder(*weights, k=c.top_k, threshold=threshold / s_y, **common)
-        return MatryoshkaTranscoder(*weights, k=c.top_k, threshold=threshold / s_y, prefix_ends=self.prefix_ends,
-                                    **common)
+        return MatryoshkaTranscoder(
+            *weights, k=c.top_k, threshold=threshold / s_y, prefix_ends=self.prefix_ends, **common
+        )
 
     def state(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
         tensors = {f"params.{k}": v.detach() for k, v in self.params.items()}
@@ -261,8 +281,13 @@ class TranscoderTrainer:
                     value = opt_state[v][key]
                     tensors[f"adam.{k}.{key}"] = value if isinstance(value, Tensor) else torch.tensor(float(value))
         tensors["tokens_since_fired"] = self.tokens_since_fired
-        meta = {"threshold": self.threshold, "last_kept": self.last_kept, "steps_done": self.steps_done,
-                "input_scale": self.input_scale, "target_scale": self.target_scale}
+        meta = {
+            "threshold": self.threshold,
+            "last_kept": self.last_kept,
+            "steps_done": self.steps_done,
+            "input_scale": self.input_scale,
+            "target_scale": self.target_scale,
+        }
         return meta, tensors
 
     def load_state(self, meta: dict[str, Any], tensors: dict[str, Tensor]) -> None:
@@ -271,8 +296,9 @@ class TranscoderTrainer:
                 v.copy_(tensors[f"params.{k}"])
         for k, v in self.params.items():
             if f"adam.{k}.exp_avg" in tensors:
-                self.optimizer.state[v] = {key: tensors[f"adam.{k}.{key}"].to(v.device if key != "step" else "cpu")
-                                           for key in _ADAM_KEYS}
+                self.optimizer.state[v] = {
+                    key: tensors[f"adam.{k}.{key}"].to(v.device if key != "step" else "cpu") for key in _ADAM_KEYS
+                }
         self.tokens_since_fired.copy_(tensors["tokens_since_fired"])
         self.threshold, self.last_kept = meta["threshold"], meta["last_kept"]
         self.steps_done = int(meta["steps_done"])
@@ -300,14 +326,14 @@ class RecentRows:
         self.count = min(cap, self.count + x.shape[0])
 
     def rows(self) -> Tensor:
-        return self.x[:self.count]
+        return self.x[: self.count]
 
     def state(self) -> tuple[dict[str, int], dict[str, Tensor]]:
         return {"pos": self.pos, "count": self.count}, {"recent.x": self.rows()}
 
     def load_state(self, meta: dict[str, Any], tensors: dict[str, Tensor]) -> None:
         self.pos, self.count = int(meta["pos"]), int(meta["count"])
-        self.x[:self.count] = tensors["recent.x"].to(self.x.device)
+        self.x[: self.count] = tensors["recent.x"].to(self.x.device)
 
 
 # ============================================================================ the loop
@@ -353,7 +379,9 @@ def train(
             started = time.perf_counter()
             for t in run.trainers:
                 c = t.config
-                lr = lr_at(step, lr=c.lr, min_lr=c.min_lr, warmup_steps=c.warmup_steps, total_steps=total, decay=c.decay)
+                lr = lr_at(
+                    step, lr=c.lr, min_lr=c.min_lr, warmup_steps=c.warmup_steps, total_steps=total, decay=c.decay
+                )
                 last[t.name] = t.step(x, y, lr)
             _sync(run.device)
             run.timing["transcoder_seconds"] += time.perf_counter() - started
@@ -369,16 +397,19 @@ def train(
     finally:
         bar.close()
         run.close()
-    return [TrainResult(t.name, d, tc, last.get(t.name, {}), dict(run.timing))
-            for t, d, tc in zip(run.trainers, run.dirs, transcoders)]
+    return [
+        TrainResult(t.name, d, tc, last.get(t.name, {}), dict(run.timing))
+        for t, d, tc in zip(run.trainers, run.dirs, transcoders)
+    ]
 
 
 class _Run:
     """Everything a training run holds besides the loop itself: the buffer, the trainers, the
     output directories, timings, and how to log, checkpoint and resume."""
 
-    def __init__(self, configs: list[TrainConfig], names: list[str], lm: LanguageModel,
-                 say: Callable[[str], None]) -> None:
+    def __init__(
+        self, configs: list[TrainConfig], names: list[str], lm: LanguageModel, say: Callable[[str], None]
+    ) -> None:
         self.configs, self.names, self.lm, self.say = configs, names, lm, say
         c0 = configs[0]
         self.dirs = [Path(c.output_dir) for c in configs]
@@ -388,17 +419,36 @@ class _Run:
         probe = torch.tensor([[lm.bos_token_id, lm.bos_token_id]], device=lm.device)
         widths = {k: v.shape[-1] for k, v in capture(lm, probe, None, [input_site, output_site]).items()}
         d_in, d_out = widths[input_site.name], widths[output_site.name]
-        source = resolve_text_source(c0.dataset, text_field=c0.text_field, split=c0.dataset_split,
-                                     dataset_config=c0.dataset_config, trust_remote_code=c0.trust_remote_code)
+        source = resolve_text_source(
+            c0.dataset,
+            text_field=c0.text_field,
+            split=c0.dataset_split,
+            dataset_config=c0.dataset_config,
+            trust_remote_code=c0.trust_remote_code,
+        )
         self.total_steps = math.ceil(c0.token_budget / c0.batch_size)
         self.buffer = ActivationBuffer(
-            lm, input_site, output_site, source, seq_len=c0.seq_len, lm_batch_size=c0.lm_batch_size,
-            capacity=c0.buffer_tokens, seed=c0.seed, d_in=d_in, d_out=d_out,
-            tokens_to_serve=self.total_steps * c0.batch_size, show_progress=c0.progress, log=say,
-            max_batches=math.ceil(c0.dataset_tokens / (c0.lm_batch_size * c0.seq_len)) if c0.dataset_tokens else None)
-        self.trainers = [TranscoderTrainer(c, d_in=d_in, d_out=d_out, input_site=self.in_name,
-                                           output_site=self.out_name, device=lm.device, name=n)
-                         for c, n in zip(configs, names)]
+            lm,
+            input_site,
+            output_site,
+            source,
+            seq_len=c0.seq_len,
+            lm_batch_size=c0.lm_batch_size,
+            capacity=c0.buffer_tokens,
+            seed=c0.seed,
+            d_in=d_in,
+            d_out=d_out,
+            tokens_to_serve=self.total_steps * c0.batch_size,
+            show_progress=c0.progress,
+            log=say,
+            max_batches=math.ceil(c0.dataset_tokens / (c0.lm_batch_size * c0.seq_len)) if c0.dataset_tokens else None,
+        )
+        self.trainers = [
+            TranscoderTrainer(
+                c, d_in=d_in, d_out=d_out, input_site=self.in_name, output_site=self.out_name, device=lm.device, name=n
+            )
+            for c, n in zip(configs, names)
+        ]
         self.recent = RecentRows(CALIBRATION_TOKENS, d_in, lm.device)
         self.timing = {"lm_seconds": 0.0, "transcoder_seconds": 0.0, "total_seconds": 0.0}
         self.start_step = 0
@@ -408,8 +458,16 @@ class _Run:
         self.wandb_run: Any = None
 
     @classmethod
-    def open(cls, configs: TrainConfig | list[TrainConfig], names: list[str] | None, *, resume: bool,
-             overwrite: bool, lm: LanguageModel | None, say: Callable[[str], None]) -> _Run:
+    def open(
+        cls,
+        configs: TrainConfig | list[TrainConfig],
+        names: list[str] | None,
+        *,
+        resume: bool,
+        overwrite: bool,
+        lm: LanguageModel | None,
+        say: Callable[[str], None],
+    ) -> _Run:
         """Check the configs and directories, load the model, then start fresh or resume."""
         configs = [configs] if isinstance(configs, TrainConfig) else list(configs)
         names = names or [Path(c.output_dir).name or f"transcoder{i}" for i, c in enumerate(configs)]
@@ -430,25 +488,30 @@ class _Run:
             _import_wandb()
         if lm is None:
             say(f"loading language model {c0.model} ...")
-            lm = load_language_model(c0.model, device=c0.device, dtype=c0.dtype,
-                                     trust_remote_code=c0.trust_remote_code)
+            lm = load_language_model(c0.model, device=c0.device, dtype=c0.dtype, trust_remote_code=c0.trust_remote_code)
         run = cls(configs, names, lm, say)
         if resume:
             run._resume(saved)
         else:
             run._start()
-        run.writers = [_MetricsWriter(d / METRICS_FILE, keep_until=run.start_step if resume else None)
-                       for d in run.dirs]
+        run.writers = [
+            _MetricsWriter(d / METRICS_FILE, keep_until=run.start_step if resume else None) for d in run.dirs
+        ]
         if any(c.wandb for c in configs):
-            run.wandb_run = _import_wandb().init(project=c0.wandb_project, name="+".join(names),
-                                                 config={n: config_dict(c) for n, c in zip(names, configs)})
+            run.wandb_run = _import_wandb().init(
+                project=c0.wandb_project,
+                name="+".join(names),
+                config={n: config_dict(c) for n, c in zip(names, configs)},
+            )
         return run
 
     def _start(self) -> None:
         c0 = self.configs[0]
-        self.say(f"training {', '.join(f'{n} ({c.architecture})' for n, c in zip(self.names, self.configs))}: "
-                 f"{self.in_name} -> {self.out_name} of {self.lm.name}, {self.total_steps:,} steps of "
-                 f"{c0.batch_size:,} tokens")
+        self.say(
+            f"training {', '.join(f'{n} ({c.architecture})' for n, c in zip(self.names, self.configs))}: "
+            f"{self.in_name} -> {self.out_name} of {self.lm.name}, {self.total_steps:,} steps of "
+            f"{c0.batch_size:,} tokens"
+        )
         self.buffer.start()
         x0, y0 = self.buffer.first_rows()
         for t in self.trainers:
@@ -461,8 +524,9 @@ class _Run:
         meta0, tensors0 = saved[0]
         self.start_step = int(meta0["step"])
         if self.start_step >= self.total_steps:
-            raise UserError(f"--resume: the run in {self.dirs[0]} already finished ({self.start_step} of "
-                            f"{self.total_steps} steps)")
+            raise UserError(
+                f"--resume: the run in {self.dirs[0]} already finished ({self.start_step} of {self.total_steps} steps)"
+            )
         self.say(f"resuming from step {self.start_step} of {self.total_steps}")
         self.buffer.load_state(meta0["buffer"], tensors0)
         self.recent.load_state(meta0["recent"], tensors0)
@@ -479,11 +543,19 @@ class _Run:
         self._clock()
         batch = self.configs[0].batch_size
         for t, w in zip(self.trainers, self.writers):
-            w.write({"step": step, "tokens": step * batch, **last[t.name], "epoch": self.buffer.epoch + 1,
-                     **{k: round(v, 3) for k, v in self.timing.items()}})
+            w.write(
+                {
+                    "step": step,
+                    "tokens": step * batch,
+                    **last[t.name],
+                    "epoch": self.buffer.epoch + 1,
+                    **{k: round(v, 3) for k, v in self.timing.items()},
+                }
+            )
         if self.wandb_run is not None:
-            self.wandb_run.log({f"{n}/{k}": v for n, m in last.items() for k, v in m.items()
-                                if isinstance(v, (int, float))}, step=step)
+            self.wandb_run.log(
+                {f"{n}/{k}": v for n, m in last.items() for k, v in m.items() if isinstance(v, (int, float))}, step=step
+            )
 
     def info(self, t: TranscoderTrainer, step: int, last: dict[str, Any]) -> dict[str, Any]:
         """``transcoder.info`` for a checkpoint: the model and layer ``evaluate`` needs, and the training record."""
@@ -498,8 +570,11 @@ class _Run:
                 "tokens_trained": step * t.config.batch_size,
                 "last_step_metrics": last,
                 "timing": dict(self.timing),
-                "buffer": {"in_memory": self.buffer.in_memory, "epochs_started": self.buffer.epoch + 1,
-                           "lm_tokens_read": self.buffer.tokens_read},
+                "buffer": {
+                    "in_memory": self.buffer.in_memory,
+                    "epochs_started": self.buffer.epoch + 1,
+                    "lm_tokens_read": self.buffer.tokens_read,
+                },
             },
         }
 
@@ -518,8 +593,15 @@ class _Run:
             else:
                 save_native(tc, d / CHECKPOINTS_DIR / f"step_{step:07d}")
                 t_meta, t_tensors = t.state()
-                meta = {"step": step, "total_steps": self.total_steps, "config": config_dict(c), "buffer": buf_meta,
-                        "recent": recent_meta, "trainer": t_meta, "timing": dict(self.timing)}
+                meta = {
+                    "step": step,
+                    "total_steps": self.total_steps,
+                    "config": config_dict(c),
+                    "buffer": buf_meta,
+                    "recent": recent_meta,
+                    "trainer": t_meta,
+                    "timing": dict(self.timing),
+                }
                 tensors = {**buf_tensors, **recent_tensors, **{f"trainer.{k}": v for k, v in t_tensors.items()}}
                 resume_state.save_state(d, meta, tensors)
             saved.append(tc)
@@ -549,8 +631,10 @@ def _check_together(configs: list[TrainConfig]) -> None:
     for c in configs[1:]:
         for name in DATA_FIELDS:
             if getattr(c, name) != getattr(configs[0], name):
-                raise UserError(f"transcoders trained side by side must share {name} "
-                                f"({getattr(configs[0], name)!r} vs {getattr(c, name)!r})")
+                raise UserError(
+                    f"transcoders trained side by side must share {name} "
+                    f"({getattr(configs[0], name)!r} vs {getattr(c, name)!r})"
+                )
 
 
 def check_resume_config(saved: dict[str, Any], given: TrainConfig, directory: Path) -> None:
@@ -559,8 +643,10 @@ def check_resume_config(saved: dict[str, Any], given: TrainConfig, directory: Pa
     saved_config = make_config(saved, f"{directory}/resume/state.json")
     for f in dataclasses.fields(TrainConfig):
         if f.name not in RESUME_MUTABLE and getattr(saved_config, f.name) != getattr(given, f.name):
-            raise UserError(f"--{f.name}: the run in {directory} was started with {getattr(saved_config, f.name)!r}, "
-                            f"not {getattr(given, f.name)!r}; --resume continues a run with its saved settings")
+            raise UserError(
+                f"--{f.name}: the run in {directory} was started with {getattr(saved_config, f.name)!r}, "
+                f"not {getattr(given, f.name)!r}; --resume continues a run with its saved settings"
+            )
 
 
 def _is_run_dir(d: Path) -> bool:
@@ -572,11 +658,14 @@ def _prepare_output_dir(d: Path, overwrite: bool) -> None:
         raise UserError(f"--output_dir {d}: exists and is a file; choose a directory")
     if d.is_dir() and any(d.iterdir()):
         if not _is_run_dir(d):
-            raise UserError(f"--output_dir {d}: exists and does not hold a training run; choose a new or empty "
-                            "directory")
+            raise UserError(
+                f"--output_dir {d}: exists and does not hold a training run; choose a new or empty directory"
+            )
         if not overwrite:
-            raise UserError(f"--output_dir {d}: already holds a training run; pass --resume to continue it or "
-                            "--overwrite to start again")
+            raise UserError(
+                f"--output_dir {d}: already holds a training run; pass --resume to continue it or "
+                "--overwrite to start again"
+            )
         shutil.rmtree(d)
 
 
@@ -621,4 +710,3 @@ def _import_wandb() -> Any:
     except ImportError:
         raise UserError("--wandb needs the wandb package: `pip install wandb` (or drop --wandb)") from None
     return wandb
-

@@ -8,8 +8,7 @@ from transcoderbench.transcoders.jumprelu import JumpReLUTranscoder
 from transcoderbench.transcoders.topk import TopKTranscoder
 
 ARCHITECTURES: dict[str, type[Transcoder]] = {
-    cls.architecture: cls
-    for cls in (MatryoshkaTranscoder, BatchTopKTranscoder, JumpReLUTranscoder, TopKTranscoder)
+    cls.architecture: cls for cls in (MatryoshkaTranscoder, BatchTopKTranscoder, JumpReLUTranscoder, TopKTranscoder)
 }
 
 __all__ = [
