@@ -39,7 +39,9 @@ def plain(value: Any) -> Any:
 
 
 def _kind(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(type(value), type(value).__name__)
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def _bad(where: str, expected: str, value: Any) -> UserError:
@@ -104,10 +106,10 @@ class Record:
 
     extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
     """Keys of the JSON object this record does not name, written back unchanged."""
-    absent: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
-    """Known keys that were missing from the JSON (left out again by ``to_json``)."""
+    keys: tuple[str, ...] | None = field(default=None, repr=False, compare=False)
+    """The JSON object's keys in file order (None for a record built in code: every field, in order)."""
 
-    _RESERVED: ClassVar[frozenset[str]] = frozenset({"extra", "absent"})
+    _RESERVED: ClassVar[frozenset[str]] = frozenset({"extra", "keys"})
 
     @classmethod
     def _fields(cls) -> dict[str, Any]:
@@ -131,12 +133,17 @@ class Record:
             if name in data
         }
         extra = {k: v for k, v in data.items() if k not in known}
-        return cls(**values, extra=extra, absent=frozenset(k for k in known if k not in data))
+        return cls(**values, extra=extra, keys=tuple(data))
+
+    def _default_keys(self) -> tuple[str, ...]:
+        return (*self._fields(), *self.extra)
+
+    def _json_value(self, key: str) -> Any:
+        return self.extra[key] if key in self.extra else _dump(getattr(self, key))
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON object this record was parsed from (known keys first, then ``extra``)."""
-        out = {name: _dump(getattr(self, name)) for name in self._fields() if name not in self.absent}
-        return {**out, **{k: v for k, v in self.extra.items()}}
+        """The JSON object this record was parsed from, keys in the same order (a phase left out stays out)."""
+        return {k: self._json_value(k) for k in (self.keys if self.keys is not None else self._default_keys())}
 
 
 # ------------------------------------------------------------------ shared pieces
@@ -163,8 +170,8 @@ class Interval(Record):
 
 
 def interval_or_none(iv: Interval | None) -> Interval | None:
-    """``iv`` when it has both ends, else None (an interval the bootstrap could not form)."""
-    return iv if iv is not None and iv.low is not None and iv.high is not None else None
+    """``iv`` when it has a lower end, else None (an interval the bootstrap could not form)."""
+    return iv if iv is not None and iv.low is not None else None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -392,8 +399,6 @@ class Absorption(Record):
     """Letters whose probe was good enough to score."""
     letters_scored: tuple[str, ...] = ()
     """Those letters."""
-    probe_f1: Mapping[str, float | None] = field(default_factory=dict)
-    """Probe test F1 per letter."""
     mode: str | None = None
     """Which activations were probed (e.g. the transcoder's encoder)."""
     note: str | None = None
@@ -414,13 +419,20 @@ class FlatIntervals(Record):
     @classmethod
     def _build(cls: type[R], data: dict[str, Any], where: str) -> R:
         ivs = {k: v for k, v in data.items() if k not in cls._fields() and isinstance(v, dict)}
-        parsed = super()._build({k: v for k, v in data.items() if k not in ivs}, where)  # type: ignore[misc]
+        parsed = super()._build({k: v for k, v in data.items() if k not in ivs}, where)
         intervals = {k: Interval.from_json(v, f"{where}.{k}") for k, v in ivs.items()}
-        return dataclasses.replace(parsed, intervals=intervals)  # type: ignore[type-var]
+        changes: dict[str, Any] = {"intervals": intervals, "keys": tuple(data)}
+        return dataclasses.replace(parsed, **changes)
 
-    def to_json(self) -> dict[str, Any]:
-        head = {k: v.to_json() for k, v in self.intervals.items()}
-        return {**head, **super().to_json()}
+    def interval(self, key: str) -> Interval | None:
+        """The interval of metric ``key`` when the bootstrap formed one."""
+        return interval_or_none(self.intervals[key] if key in self.intervals else None)
+
+    def _default_keys(self) -> tuple[str, ...]:
+        return (*self.intervals, *super()._default_keys())
+
+    def _json_value(self, key: str) -> Any:
+        return self.intervals[key].to_json() if key in self.intervals else super()._json_value(key)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -430,8 +442,8 @@ class PrefixIntervals(FlatIntervals):
     prefix_end: int = 0
     """Number of latents in the nested prefix."""
 
-    def to_json(self) -> dict[str, Any]:
-        return {"prefix_end": self.prefix_end, **{k: v for k, v in super().to_json().items() if k != "prefix_end"}}
+    def _default_keys(self) -> tuple[str, ...]:
+        return ("prefix_end", *(k for k in super()._default_keys() if k != "prefix_end"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -467,7 +479,8 @@ class Uncertainty(Record):
 
     def interval(self, key: str) -> Interval | None:
         """The interval of metric ``key`` when the bootstrap formed one."""
-        return interval_or_none((self.intervals or {}).get(key))
+        intervals = self.intervals or {}
+        return interval_or_none(intervals[key] if key in intervals else None)
 
 
 # ------------------------------------------------------------------ description and provenance
