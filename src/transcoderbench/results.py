@@ -44,6 +44,11 @@ def _kind(value: Any) -> str:
     )
 
 
+def _child(where: str, key: str) -> str:
+    """``file: a.b`` -> ``file: a.b.key`` (the first key follows the file name after a colon)."""
+    return f"{where}.{key}" if ": " in where else f"{where}: {key}"
+
+
 def _bad(where: str, expected: str, value: Any) -> UserError:
     shown = repr(value) if not isinstance(value, (dict, list)) else _kind(value)
     return UserError(
@@ -86,7 +91,7 @@ def _parse(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise _bad(where, "an object", value)
         item = typing.get_args(tp)[1]
-        return {k: _parse(item, v, f"{where}.{k}") for k, v in value.items()}
+        return {k: _parse(item, v, _child(where, k)) for k, v in value.items()}
     raise TypeError(f"results.py cannot parse the annotation {tp!r}")  # a bug here, not a user mistake
 
 
@@ -127,11 +132,7 @@ class Record:
     @classmethod
     def _build(cls: type[R], data: dict[str, Any], where: str) -> R:
         known = cls._fields()
-        values = {
-            name: _parse(tp, data[name], f"{where}.{name}" if where else name)
-            for name, tp in known.items()
-            if name in data
-        }
+        values = {name: _parse(tp, data[name], _child(where, name)) for name, tp in known.items() if name in data}
         extra = {k: v for k, v in data.items() if k not in known}
         return cls(**values, extra=extra, keys=tuple(data))
 
@@ -420,7 +421,7 @@ class FlatIntervals(Record):
     def _build(cls: type[R], data: dict[str, Any], where: str) -> R:
         ivs = {k: v for k, v in data.items() if k not in cls._fields() and isinstance(v, dict)}
         parsed = super()._build({k: v for k, v in data.items() if k not in ivs}, where)
-        intervals = {k: Interval.from_json(v, f"{where}.{k}") for k, v in ivs.items()}
+        intervals = {k: Interval.from_json(v, _child(where, k)) for k, v in ivs.items()}
         changes: dict[str, Any] = {"intervals": intervals, "keys": tuple(data)}
         return dataclasses.replace(parsed, **changes)
 
