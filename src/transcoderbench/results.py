@@ -521,10 +521,17 @@ class Source(Record):
 
 @dataclass(frozen=True, kw_only=True)
 class Training(Record):
-    """Training settings stored with the checkpoint (only top_k is read)."""
+    """Training settings stored with the checkpoint, kept raw in ``extra``: their shape is the format's.
 
-    top_k: float | None = None
-    """The k the transcoder was trained with."""
+    Legacy configs store ``top_k`` as written by their tool (it may be a string), so it is read
+    as a number only when it is one, and any other shape is kept and ignored rather than refused.
+    """
+
+    @property
+    def top_k(self) -> float | None:
+        """The k the transcoder was trained with, when the settings hold it as a number."""
+        k = self.extra["top_k"] if "top_k" in self.extra else None
+        return k if isinstance(k, (int, float)) and not isinstance(k, bool) else None
 
 
 @dataclass(frozen=True, kw_only=True)

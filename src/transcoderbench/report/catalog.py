@@ -376,6 +376,7 @@ class PrefixRow:
     """One Matryoshka prefix's values, merged from every section that has them (keys of PREFIX_COLUMNS)."""
 
     prefix_end: int
+    """Number of latents in the nested prefix."""
     values: Mapping[str, float]
     """Column key -> value, only where measured."""
     intervals: Mapping[str, Interval]

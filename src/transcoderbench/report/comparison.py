@@ -153,9 +153,9 @@ def _exact(record: CategoryVerdict, cat: Category, values: dict[str, float]) -> 
 
 def _bootstrap(record: CategoryVerdict, cat: Category, metrics: Results, values: dict[str, float]) -> CategoryVerdict:
     names = list(metrics)
-    info = BY_KEY.get(".".join(cat.path))
-    key = info.interval if info else None
-    intervals = {n: interval_of(metrics[n], info) for n in names} if info else {}
+    info = BY_KEY[".".join(cat.path)]  # every category's metric is in the catalog
+    key = info.interval
+    intervals = {n: interval_of(metrics[n], info) for n in names}
     beats: dict[str, set[str]] = {n: set() for n in names}
     pairs: list[PairVerdict] = []
     for a, b in combinations(names, 2):

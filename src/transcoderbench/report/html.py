@@ -332,7 +332,7 @@ def _suggestions(metrics: Results) -> str:
             out.append(
                 f"<div class='card'><b>{_e(s.finding)}</b><br>change: {_e(s.change)}<br>why: {_e(s.why)}"
                 f"<br><span class='ci'>rule <code>{_e(s.rule)}</code>, threshold "
-                f"{_e(THRESHOLDS.get(s.rule))} ({_e(THRESHOLD_SOURCES.get(s.rule, ''))})</span></div>"
+                f"{_e(THRESHOLDS[s.rule])} ({_e(THRESHOLD_SOURCES[s.rule])})</span></div>"
             )
     return "\n".join(out) + "\n"
 
@@ -363,7 +363,7 @@ def _explanations() -> str:
         "absorption have no per-sequence form and no interval; decoder redundancy depends on the weights only.</p>"
     )
     rows = "".join(
-        f"<tr><td><code>{_e(k)}</code></td><td class='num'>{_e(v)}</td><td>{_e(THRESHOLD_SOURCES.get(k, ''))}</td></tr>"
+        f"<tr><td><code>{_e(k)}</code></td><td class='num'>{_e(v)}</td><td>{_e(THRESHOLD_SOURCES[k])}</td></tr>"
         for k, v in THRESHOLDS.items()
     )
     out.append(
