@@ -105,6 +105,9 @@ def _dump(value: Any) -> Any:
     return value
 
 
+_FIELDS: dict[type, dict[str, Any]] = {}
+
+
 @dataclass(frozen=True, kw_only=True)
 class Record:
     """Base of every result record: JSON keys are field names; unknown keys live in ``extra``."""
@@ -118,8 +121,11 @@ class Record:
 
     @classmethod
     def _fields(cls) -> dict[str, Any]:
-        hints = typing.get_type_hints(cls)
-        return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name not in cls._RESERVED}
+        """Field name -> resolved annotation (JSON keys this record names), computed once per class."""
+        if cls not in _FIELDS:
+            hints = typing.get_type_hints(cls)
+            _FIELDS[cls] = {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name not in cls._RESERVED}
+        return _FIELDS[cls]
 
     @classmethod
     def from_json(cls: type[R], data: Any, where: str = "") -> R:
@@ -413,9 +419,7 @@ class FlatIntervals(Record):
     intervals: Mapping[str, Interval] = field(default_factory=dict)
     """Metric name -> interval, in file order."""
 
-    @classmethod
-    def _fields(cls) -> dict[str, Any]:
-        return {k: v for k, v in super()._fields().items() if k != "intervals"}
+    _RESERVED: ClassVar[frozenset[str]] = frozenset({"extra", "keys", "intervals"})
 
     @classmethod
     def _build(cls: type[R], data: dict[str, Any], where: str) -> R:
