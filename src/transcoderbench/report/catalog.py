@@ -7,8 +7,11 @@ Longer explanations, with sources for the ranges, are in docs/INTERPRETABILITY_E
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+from transcoderbench.results import Interval, TranscoderResult
 
 
 @dataclass(frozen=True)
@@ -17,7 +20,7 @@ class MetricInfo:
 
     section: str
     path: tuple[str, ...]
-    """Where the value lives in one transcoder's metrics dict (metrics.json)."""
+    """Where the value lives in metrics.json, and the attribute path in a ``TranscoderResult``."""
     label: str
     spec: str
     """Format spec for the value."""
@@ -315,13 +318,19 @@ PREFIX_COLUMNS: list[tuple[str, str, str]] = [
 ]
 
 
-def dig(d: Any, path: tuple[str, ...]) -> Any:
-    """``d[path[0]][path[1]]...`` or None where any step is missing."""
-    for key in path:
-        if not isinstance(d, dict) or key not in d:
+def value_at(m: TranscoderResult, path: tuple[str, ...]) -> Any:
+    """The attribute at ``path`` (metrics.json keys) of a record, or None where a section is missing."""
+    node: Any = m
+    for name in path:
+        node = getattr(node, name, None)
+        if node is None:
             return None
-        d = d[key]
-    return d
+    return node
+
+
+def value_of(m: TranscoderResult, info: MetricInfo) -> Any:
+    """The value of ``info`` in one transcoder's record, or None where its section is missing."""
+    return value_at(m, info.path)
 
 
 def fmt(value: Any, spec: str) -> str:
@@ -336,49 +345,70 @@ def fmt(value: Any, spec: str) -> str:
     return str(value)
 
 
-def interval_of(m: dict[str, Any], info: MetricInfo) -> dict[str, Any] | None:
-    """The bootstrap interval of ``info`` in one transcoder's metrics, if one was computed."""
-    if info.interval is None:
-        return None
-    iv = dig(m, ("uncertainty", "intervals", info.interval))
-    return iv if isinstance(iv, dict) and iv.get("low") is not None else None
+def interval_of(m: TranscoderResult, info: MetricInfo | None) -> Interval | None:
+    """The bootstrap interval of ``info`` in one transcoder's record, if one was computed."""
+    return m.interval(info.interval) if info is not None and info.interval is not None else None
 
 
-def fmt_interval(iv: dict[str, Any] | None, spec: str) -> str:
+class HasBounds(Protocol):
+    """An interval or a paired verdict: anything with both ends."""
+
+    @property
+    def low(self) -> float | None: ...
+    @property
+    def high(self) -> float | None: ...
+
+
+def fmt_interval(iv: HasBounds | None, spec: str) -> str:
     """``[low, high]`` or an empty string."""
-    if not iv:
+    if iv is None:
         return ""
-    return f"[{fmt(iv['low'], spec)}, {fmt(iv['high'], spec)}]"
+    return f"[{fmt(iv.low, spec)}, {fmt(iv.high, spec)}]"
 
 
-def present(metrics: dict[str, dict[str, Any]], info: MetricInfo) -> bool:
+def present(metrics: Mapping[str, TranscoderResult], info: MetricInfo) -> bool:
     """True when at least one transcoder has this metric."""
-    return any(dig(m, info.path) is not None for m in metrics.values())
+    return any(value_of(m, info) is not None for m in metrics.values())
 
 
-def prefix_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per-prefix values of a Matryoshka transcoder, merged from every place that has them.
+@dataclass(frozen=True)
+class PrefixRow:
+    """One Matryoshka prefix's values, merged from every section that has them (keys of PREFIX_COLUMNS)."""
 
-    Each row: ``prefix_end`` and for each of PREFIX_COLUMNS the value, plus ``<key>_interval``
-    when the bootstrap gave one. Empty for a transcoder with one prefix.
-    """
-    rows: dict[int, dict[str, Any]] = {}
-    for source in (
-        dig(m, ("prefixes", "per_prefix")),
-        dig(m, ("sequences", "per_prefix")),
-        dig(m, ("downstream", "per_prefix")),
-    ):
-        for p in source or []:
-            row = rows.setdefault(int(p["prefix_end"]), {"prefix_end": int(p["prefix_end"])})
+    prefix_end: int
+    """Number of latents in the nested prefix."""
+    values: Mapping[str, float]
+    """Column key -> value, only where measured."""
+    intervals: Mapping[str, Interval]
+    """Column key -> bootstrap interval, only where the bootstrap formed one."""
+
+    def value(self, key: str) -> float | None:
+        return self.values[key] if key in self.values else None
+
+    def interval(self, key: str) -> Interval | None:
+        return self.intervals[key] if key in self.intervals else None
+
+
+def prefix_rows(m: TranscoderResult) -> list[PrefixRow]:
+    """Per-prefix values of a Matryoshka transcoder; empty for a transcoder with one prefix."""
+    sources: list[Sequence[Any]] = [
+        m.prefixes.per_prefix if m.prefixes else (),
+        m.sequences.per_prefix if m.sequences else (),
+        m.downstream.per_prefix if m.downstream else (),
+    ]
+    values: dict[int, dict[str, float]] = {}
+    for source in sources:
+        for p in source:
+            row = values.setdefault(p.prefix_end, {})
             for key, _, _ in PREFIX_COLUMNS:
-                if p.get(key) is not None:
-                    row[key] = p[key]
-    for p in dig(m, ("uncertainty", "per_prefix")) or []:
-        row = rows.get(int(p["prefix_end"]))
-        if row is None:
-            continue
-        for key, _, _ in PREFIX_COLUMNS:
-            iv = p.get(key)
-            if isinstance(iv, dict) and iv.get("low") is not None:
-                row[f"{key}_interval"] = iv
-    return [rows[e] for e in sorted(rows)] if len(rows) > 1 else []
+                if getattr(p, key, None) is not None:
+                    row[key] = getattr(p, key)
+    intervals: dict[int, dict[str, Interval]] = {end: {} for end in values}
+    for piv in m.uncertainty.per_prefix if m.uncertainty else ():
+        if piv.prefix_end in intervals:
+            for key, _, _ in PREFIX_COLUMNS:
+                iv = piv.interval(key)
+                if iv is not None:
+                    intervals[piv.prefix_end][key] = iv
+    rows = [PrefixRow(end, values[end], intervals[end]) for end in sorted(values)]
+    return rows if len(rows) > 1 else []

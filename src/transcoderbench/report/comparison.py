@@ -15,8 +15,8 @@ A category names a winner only when the evidence says so:
 
 from __future__ import annotations
 
-import math
 import textwrap
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from itertools import combinations
 from typing import Any
@@ -25,19 +25,32 @@ from transcoderbench.absorption.summary import VERSUS_REDUNDANCY
 from transcoderbench.report.catalog import (
     BY_KEY,
     METRICS,
-    dig,
     fmt,
     fmt_interval,
     interval_of,
+    value_at,
+    value_of,
 )
 from transcoderbench.report.suggestions import suggestions_as_dicts
 from transcoderbench.report.summary import (
+    as_meta,
     header_lines,
     headline_fields,
     suggestion_lines,
     transcoder_lines,
     uncertainty_line,
 )
+from transcoderbench.results import (
+    CategoryVerdict,
+    Interval,
+    PairDifferences,
+    PairVerdict,
+    RunMeta,
+    TranscoderResult,
+    finite,
+)
+
+Results = Mapping[str, TranscoderResult]
 
 NO_DIFFERENCE = "no significant difference"
 
@@ -87,210 +100,220 @@ HOW = {
 }
 
 
-def _difference(metrics: dict[str, dict[str, Any]], a: str, b: str, key: str) -> dict[str, Any] | None:
+def as_results(metrics: Mapping[str, TranscoderResult | Mapping[str, Any]]) -> dict[str, TranscoderResult]:
+    """Records from records or from the evaluation's metrics dicts (by name)."""
+    return {name: TranscoderResult.coerce(m, name) for name, m in metrics.items()}
+
+
+def _pair_differences(m: TranscoderResult, other: str) -> PairDifferences | None:
+    unc = m.uncertainty
+    return unc.differences[other] if unc is not None and other in unc.differences else None
+
+
+def _difference(metrics: Results, a: str, b: str, key: str) -> Interval | None:
     """The paired difference a - b of interval metric ``key`` (from a's record, else negated from b's)."""
-    iv = dig(metrics[a], ("uncertainty", "differences", b, key))
-    if isinstance(iv, dict) and iv.get("low") is not None:
+    mine, theirs = _pair_differences(metrics[a], b), _pair_differences(metrics[b], a)
+    iv = mine.interval(key) if mine else None
+    if iv is not None:
         return iv
-    iv = dig(metrics[b], ("uncertainty", "differences", a, key))
-    if isinstance(iv, dict) and iv.get("low") is not None:
-        return {
-            "value": -iv["value"],
-            "low": -iv["high"],
-            "high": -iv["low"],
-            "se": iv.get("se"),
-            "significant": iv.get("significant"),
-        }
-    return None
-
-
-def _finite_or_none(value: Any) -> Any:
-    """NaN (a metric undefined on these tokens) counts as missing, as it is once written to JSON."""
-    return None if isinstance(value, float) and not math.isfinite(value) else value
+    iv = theirs.interval(key) if theirs else None
+    if iv is None or iv.value is None or iv.low is None or iv.high is None:
+        return None
+    return Interval(value=-iv.value, low=-iv.high, high=-iv.low, se=iv.se, significant=iv.significant)
 
 
 def _better(diff_value: float, lower_is_better: bool) -> bool:
     return diff_value < 0 if lower_is_better else diff_value > 0
 
 
-def decide_category(cat: Category, metrics: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-    """The verdict of one category, or None when no transcoder has its metric."""
+def _pair(a: str, b: str, iv: Interval, lower_is_better: bool) -> PairVerdict:
+    assert iv.low is not None and iv.high is not None and iv.value is not None
+    significant = iv.low > 0 or iv.high < 0
+    better = (a if _better(iv.value, lower_is_better) else b) if significant else None
+    return PairVerdict(a=a, b=b, difference=iv.value, low=iv.low, high=iv.high, significant=significant, better=better)
+
+
+def _verdict(record: CategoryVerdict, verdict: str, winner: str | None = None) -> CategoryVerdict:
+    return CategoryVerdict(**{**_fields_of(record), "winner": winner, "verdict": verdict})
+
+
+def _fields_of(record: CategoryVerdict) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in CategoryVerdict._fields()}
+
+
+def _exact(record: CategoryVerdict, cat: Category, values: dict[str, float]) -> CategoryVerdict:
+    best = min(values.values()) if cat.lower_is_better else max(values.values())
+    leaders = [n for n, v in values.items() if v == best]
+    if len(leaders) == 1 and len(set(values.values())) > 1:
+        return _verdict(record, leaders[0], leaders[0])
+    if len(set(values.values())) == 1:
+        return _verdict(record, "no difference (identical values)")
+    return _verdict(record, "tie at the best value")
+
+
+def _bootstrap(record: CategoryVerdict, cat: Category, metrics: Results, values: dict[str, float]) -> CategoryVerdict:
     names = list(metrics)
-    values = {n: _finite_or_none(dig(metrics[n], cat.path)) for n in names}
-    if all(v is None for v in values.values()):
-        return None
-    info = BY_KEY.get(".".join(cat.path))
-    record: dict[str, Any] = {
-        **asdict(cat),
-        "path": ".".join(cat.path),
-        "values": values,
-        "how": HOW[cat.test],
-        "intervals": {},
-        "pairs": [],
-        "winner": None,
-    }
-    if any(v is None for v in values.values()):
-        missing = [n for n, v in values.items() if v is None]
-        return {**record, "verdict": f"not comparable ({', '.join(missing)}: not measured)"}
-    if cat.test == "exact":
-        best = min(values.values()) if cat.lower_is_better else max(values.values())
-        leaders = [n for n, v in values.items() if v == best]
-        if len(leaders) == 1 and len(set(values.values())) > 1:
-            return {**record, "winner": leaders[0], "verdict": leaders[0]}
-        return {
-            **record,
-            "verdict": "no difference (identical values)"
-            if len(set(values.values())) == 1
-            else "tie at the best value",
-        }
-    if cat.test == "none":
-        return {**record, "verdict": "not tested (no interval exists)"}
-    key = info.interval if info else None
-    record["intervals"] = {n: interval_of(metrics[n], info) for n in names} if info else {}
+    info = BY_KEY[".".join(cat.path)]  # every category's metric is in the catalog
+    key = info.interval
+    intervals = {n: interval_of(metrics[n], info) for n in names}
     beats: dict[str, set[str]] = {n: set() for n in names}
-    untested = False
+    pairs: list[PairVerdict] = []
     for a, b in combinations(names, 2):
         iv = _difference(metrics, a, b, key) if key else None
         if iv is None:
-            untested = True
-            record["pairs"].append(
-                {
-                    "a": a,
-                    "b": b,
-                    "difference": values[a] - values[b],
-                    "low": None,
-                    "high": None,
-                    "significant": False,
-                    "better": None,
-                }
-            )
+            pairs.append(PairVerdict(a=a, b=b, difference=values[a] - values[b], significant=False))
             continue
-        significant = iv["low"] > 0 or iv["high"] < 0
-        better = (a if _better(iv["value"], cat.lower_is_better) else b) if significant else None
-        if better:
-            beats[better].add(b if better == a else a)
-        record["pairs"].append(
-            {
-                "a": a,
-                "b": b,
-                "difference": iv["value"],
-                "low": iv["low"],
-                "high": iv["high"],
-                "significant": significant,
-                "better": better,
-            }
-        )
-    if untested:
-        return {**record, "verdict": "not tested (no bootstrap intervals in these results)"}
+        pair = _pair(a, b, iv, cat.lower_is_better)
+        if pair.better:
+            beats[pair.better].add(b if pair.better == a else a)
+        pairs.append(pair)
+    record = CategoryVerdict(**{**_fields_of(record), "intervals": intervals, "pairs": tuple(pairs)})
+    if any(p.low is None for p in pairs):
+        return _verdict(record, "not tested (no bootstrap intervals in these results)")
     winners = [n for n in names if len(beats[n]) == len(names) - 1]
     if winners:
-        return {**record, "winner": winners[0], "verdict": winners[0]}
-    if not any(p["significant"] for p in record["pairs"]):
-        return {**record, "verdict": NO_DIFFERENCE}
-    found = "; ".join(
-        f"{p['better']} better than {p['b'] if p['better'] == p['a'] else p['a']}"
-        for p in record["pairs"]
-        if p["significant"]
-    )
-    return {**record, "verdict": f"no single winner ({found})"}
+        return _verdict(record, winners[0], winners[0])
+    if not any(p.significant for p in pairs):
+        return _verdict(record, NO_DIFFERENCE)
+    found = "; ".join(f"{p.better} better than {p.b if p.better == p.a else p.a}" for p in pairs if p.significant)
+    return _verdict(record, f"no single winner ({found})")
 
 
-def decide(metrics: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def decide_category(cat: Category, metrics: Results) -> CategoryVerdict | None:
+    """The verdict of one category, or None when no transcoder has its metric."""
+    values = {n: finite(value_at(m, cat.path)) for n, m in metrics.items()}
+    if all(v is None for v in values.values()):
+        return None
+    record = CategoryVerdict(**{**asdict(cat), "path": ".".join(cat.path), "values": values, "how": HOW[cat.test]})
+    if any(v is None for v in values.values()):
+        missing = [n for n, v in values.items() if v is None]
+        return _verdict(record, f"not comparable ({', '.join(missing)}: not measured)")
+    known = {n: v for n, v in values.items() if v is not None}
+    if cat.test == "exact":
+        return _exact(record, cat, known)
+    if cat.test == "none":
+        return _verdict(record, "not tested (no interval exists)")
+    return _bootstrap(record, cat, metrics, known)
+
+
+def decide(metrics: Results) -> list[CategoryVerdict]:
     """Every category's verdict (categories no transcoder has are left out)."""
     return [d for d in (decide_category(c, metrics) for c in CATEGORIES) if d is not None]
 
 
-def differences(metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """``"a - b" -> {metric: interval of the paired difference}`` for every pair, in name order."""
-    out: dict[str, Any] = {}
+def differences(metrics: Results) -> dict[str, PairDifferences]:
+    """``"a - b" -> paired differences`` for every pair, in name order."""
+    out: dict[str, PairDifferences] = {}
     for a, b in combinations(list(metrics), 2):
-        d = dig(metrics[a], ("uncertainty", "differences", b))
-        if isinstance(d, dict):
+        d = _pair_differences(metrics[a], b)
+        if d is not None:
             out[f"{a} - {b}"] = d
     return out
 
 
-def _headline(m: dict[str, Any]) -> dict[str, Any]:
+def _headline(m: TranscoderResult) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "fvu": m.get("fvu"),
-        "explained_variance": m.get("explained_variance"),
-        "mean_l0": m.get("mean_l0"),
-        "dead_percentage": m.get("dead_percentage"),
-        "absorption": m.get("absorption"),
+        "fvu": m.fvu,
+        "explained_variance": m.explained_variance,
+        "mean_l0": m.mean_l0,
+        "dead_percentage": m.dead_percentage,
+        "absorption": m.absorption.to_json() if m.absorption else None,
     }
     for info in METRICS:
-        out[info.label] = dig(m, info.path)
-    out["d_sae"] = dig(m, ("transcoder", "d_sae"))
-    out["intervals"] = dig(m, ("uncertainty", "intervals")) or {}
+        out[info.label] = value_of(m, info)
+    out["d_sae"] = m.transcoder.d_sae if m.transcoder else None
+    unc = m.uncertainty
+    out["intervals"] = {k: v.to_json() for k, v in unc.intervals.items()} if unc and unc.intervals else {}
     return out
 
 
-def comparison_record(meta: dict[str, Any], metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _json(record: Any) -> Any:
+    return record.to_json() if record is not None else None
+
+
+def comparison_record(
+    meta: RunMeta | Mapping[str, Any], metrics: Mapping[str, TranscoderResult | Mapping[str, Any]]
+) -> dict[str, Any]:
     """comparison.json: shared metadata, verdicts, paired differences, each transcoder's headline numbers."""
-    first = next(iter(metrics.values()), {})
-    unc = first.get("uncertainty") or {}
+    results = as_results(metrics)
+    first = next(iter(results.values()), TranscoderResult())
+    unc = first.uncertainty
+    bootstrap_keys = ("method", "confidence", "n_resamples", "seed", "n_sequences", "note")
     return {
-        "meta": meta,
+        "meta": as_meta(meta).to_json(),
         "transcoders": {
             name: {
-                "transcoder": m.get("transcoder"),
-                "sites": m.get("sites"),
-                "source": m.get("source"),
+                "transcoder": _json(m.transcoder),
+                "sites": _json(m.sites),
+                "source": _json(m.source),
                 **_headline(m),
             }
-            for name, m in metrics.items()
+            for name, m in results.items()
         },
-        "bootstrap": {k: unc.get(k) for k in ("method", "confidence", "n_resamples", "seed", "n_sequences", "note")},
-        "categories": decide(metrics),
-        "differences": differences(metrics),
-        "suggestions": {name: suggestions_as_dicts(m) for name, m in metrics.items()},
+        "bootstrap": {k: getattr(unc, k) if unc else None for k in bootstrap_keys},
+        "categories": [c.to_json() for c in decide(results)],
+        "differences": {k: v.to_json() for k, v in differences(results).items()},
+        "suggestions": {name: suggestions_as_dicts(m) for name, m in results.items()},
         "note": "all transcoders were evaluated on exactly the same tokens in one pass; a category names a winner only "
         "when the paired bootstrap interval of the difference excludes 0 (or, for weight-only metrics, when the "
         "exact values differ); compare FVU only together with L0, since more active latents buy reconstruction",
     }
 
 
-def comparison_summary(meta: dict[str, Any], metrics: dict[str, dict[str, Any]]) -> str:
-    """summary.txt for ``compare``: header, each transcoder's sites, a side-by-side table, verdicts."""
+def _table_lines(metrics: Results) -> list[str]:
     names = list(metrics)
-    lines = header_lines(meta, "transcoderbench comparison")
-    for m in metrics.values():
-        lines += transcoder_lines(m) + [""]
-    lines.append(uncertainty_line(next(iter(metrics.values()))))
-    lines.append("")
     width = max(24, *(len(n) + 2 for n in names))
-    lines.append(f"{'metric':<40}" + "".join(f"{n:>{width}}" for n in names))
+    lines = [f"{'metric':<40}" + "".join(f"{n:>{width}}" for n in names)]
     seed_rows = {n: headline_fields(metrics[n]) for n in names}
     for i, (field, _, spec, _) in enumerate(seed_rows[names[0]]):
         lines.append(
             f"{field + ' (seed field)':<40}" + "".join(f"{fmt(seed_rows[n][i][1], spec):>{width}}" for n in names)
         )
     for info in METRICS:
-        if all(dig(metrics[n], info.path) is None for n in names):
+        if all(value_of(metrics[n], info) is None for n in names):
             continue
         cells = []
         for n in names:
             iv = interval_of(metrics[n], info)
-            half = f" ±{(iv['high'] - iv['low']) / 2:.2g}" if iv else ""
-            cells.append(fmt(dig(metrics[n], info.path), info.spec) + half)
+            half = f" ±{iv.half_width:.2g}" if iv else ""
+            cells.append(fmt(value_of(metrics[n], info), info.spec) + half)
         lines.append(f"{info.label:<40}" + "".join(f"{c:>{width}}" for c in cells))
-    lines += ["", "(± is half the width of the bootstrap interval)", "", "Verdict per category"]
-    decided = decide(metrics)
+    return lines
+
+
+def _verdict_lines(decided: list[CategoryVerdict]) -> list[str]:
+    lines = ["Verdict per category"]
     for d in decided:
-        lines.append(f"  {d['name']:<16} {d['verdict']:<32} {d['why']}")
-        for p in d["pairs"]:
-            if p["low"] is not None:
+        lines.append(f"  {d.name:<16} {d.verdict:<32} {d.why}")
+        for p in d.pairs:
+            if p.low is not None:
                 lines.append(
-                    f"      {p['a']} - {p['b']}: {fmt(p['difference'], '.4g')} "
-                    f"{fmt_interval(p, '.4g')}{'  significant' if p['significant'] else ''}"
+                    f"      {p.a} - {p.b}: {fmt(p.difference, '.4g')} "
+                    f"{fmt_interval(p, '.4g')}{'  significant' if p.significant else ''}"
                 )
     lines += ["", "How verdicts are reached"]
-    for test in dict.fromkeys(d["test"] for d in decided):
-        names = ", ".join(d["name"] for d in decided if d["test"] == test)
+    for test in dict.fromkeys(d.test for d in decided):
+        names = ", ".join(d.name for d in decided if d.test == test)
         lines += textwrap.wrap(f"{names}: {HOW[test]}", width=100, initial_indent="  ", subsequent_indent="    ")
+    return lines
+
+
+def comparison_summary(
+    meta: RunMeta | Mapping[str, Any], metrics: Mapping[str, TranscoderResult | Mapping[str, Any]]
+) -> str:
+    """summary.txt for ``compare``: header, each transcoder's sites, a side-by-side table, verdicts."""
+    results = as_results(metrics)
+    lines = header_lines(meta, "transcoderbench comparison")
+    for m in results.values():
+        lines += transcoder_lines(m) + [""]
+    lines.append(uncertainty_line(next(iter(results.values()))))
+    lines.append("")
+    lines += _table_lines(results)
+    lines += ["", "(± is half the width of the bootstrap interval)", ""]
+    lines += _verdict_lines(decide(results))
     lines += ["", "Note: more active latents buy reconstruction; compare FVU together with L0."]
     lines += textwrap.wrap("Note: " + VERSUS_REDUNDANCY, width=100, subsequent_indent="  ")
-    for name, m in metrics.items():
+    for name, m in results.items():
         lines += ["", f"[{name}]"] + suggestion_lines(m)[1:]
     lines += ["", "Report with plots: report.html in this directory (rebuild with `transcoderbench report DIR`)."]
     return "\n".join(lines) + "\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +18,35 @@ from transcoderbench.report.catalog import (
     METRICS,
     PREFIX_COLUMNS,
     SECTIONS,
-    dig,
     fmt,
     fmt_interval,
     interval_of,
     prefix_rows,
+    value_of,
 )
-from transcoderbench.report.comparison import comparison_record
+from transcoderbench.report.comparison import Results, as_results, comparison_record
 from transcoderbench.report.outputs import json_ready, write_files
 from transcoderbench.report.plots import all_plots
 from transcoderbench.report.suggestions import THRESHOLD_SOURCES, THRESHOLDS, suggest
 from transcoderbench.report.summary import (
     absorption_value,
+    as_meta,
     downstream_note,
     headline_fields,
+    is_pretrained,
+    sides,
+    site_text,
     source_text,
     uncertainty_line,
+)
+from transcoderbench.results import (
+    Comparison,
+    Interval,
+    ModelInfo,
+    RunMeta,
+    Tokens,
+    TranscoderInfo,
+    TranscoderResult,
 )
 
 REPORT_NAME = "report.html"
@@ -78,77 +92,93 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_results(directory: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Any] | None]:
-    """``(meta, metrics by name, comparison or None)`` from an evaluate or compare output directory."""
+def _read_result(path: Path) -> tuple[dict[str, Any], TranscoderResult]:
+    """(raw meta, record without meta) of one metrics file."""
+    data = _read_json(path)
+    meta = data.pop("meta", None) or {}
+    return meta, TranscoderResult.from_json(data, str(path))
+
+
+def load_records(directory: str | Path) -> tuple[RunMeta, dict[str, TranscoderResult], Comparison | None]:
+    """``(meta, records by name, comparison or None)`` from an evaluate or compare output directory.
+
+    A file of the wrong shape (a hand-edited number that became a string, a section that became a
+    list) is a one-line UserError naming the file and the key.
+    """
     d = Path(directory)
     if not d.is_dir():
         raise UserError(f"{d} is not a directory: pass the --output_dir of an evaluate or compare run")
     comp_path = d / "comparison.json"
     if comp_path.is_file():
-        comparison = _read_json(comp_path)
-        names = list(comparison.get("transcoders") or {})
-        metrics: dict[str, dict[str, Any]] = {}
-        for name in names:
+        comparison = Comparison.from_json(_read_json(comp_path), str(comp_path))
+        metrics: dict[str, TranscoderResult] = {}
+        for name in comparison.transcoders:
             path = d / f"{name}_metrics.json"
             if not path.is_file():
                 raise UserError(
                     f"{comp_path} names transcoder {name!r} but {path.name} is missing from {d}: "
                     "rerun compare into this directory"
                 )
-            m = _read_json(path)
-            m.pop("meta", None)
-            metrics[name] = m
-        return comparison.get("meta") or {}, metrics, comparison
+            metrics[name] = _read_result(path)[1]
+        return comparison.meta or RunMeta(), metrics, comparison
     metrics_path = d / "metrics.json"
     if metrics_path.is_file():
-        m = _read_json(metrics_path)
-        meta = m.pop("meta", None) or {}
-        return meta, {str(m.get("name") or "transcoder"): m}, None
+        meta, m = _read_result(metrics_path)
+        return RunMeta.from_json(meta, f"{metrics_path}: meta"), {str(m.name or "transcoder"): m}, None
     raise UserError(
         f"{d} has neither metrics.json nor comparison.json: pass the --output_dir of an evaluate or compare run"
     )
 
 
-# ------------------------------------------------------------- sections
-def _header(meta: dict[str, Any], metrics: dict[str, dict[str, Any]], comparison: dict[str, Any] | None) -> str:
-    model, data, tok = meta.get("model", {}), meta.get("dataset", {}), meta.get("tokens", {})
-    title = "transcoderbench comparison" if comparison else "transcoderbench evaluation"
-    stop = tok.get("forward_pass_stopped_after_layer")
-    first = next(iter(metrics.values()), {})
+def load_results(directory: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Any] | None]:
+    """``load_records`` as the JSON dicts they were read from (``meta`` moved out of each metrics dict)."""
+    meta, metrics, comparison = load_records(directory)
     return (
-        f"<h1>{_e(title)}: {_e(', '.join(metrics))}</h1>\n<p class='meta'>"
-        f"<b>model</b> {_e(model.get('name'))} ({_e(model.get('family'))}, {_e(model.get('n_layers'))} layers, "
-        f"d_model {_e(model.get('d_model'))}, {_e(model.get('dtype'))} on {_e(model.get('device'))})<br>"
-        f"<b>dataset</b> {_e(data.get('name'))}<br>"
-        f"<b>tokens</b> {_e(format(tok.get('n_tokens_evaluated') or 0, ','))} evaluated of "
-        f"{_e(format(tok.get('n_positions') or 0, ','))} positions read ({_e(tok.get('n_batches'))} batches x "
-        f"{_e(tok.get('batch_size'))} sequences x {_e(tok.get('seq_len'))} tokens); BOS, PAD and EOS positions "
-        f"excluded from every metric<br>"
-        f"<b>forward</b> {_e(f'stopped after layer {stop}' if stop is not None else 'full forward pass')}<br>"
-        f"<b>{_e(uncertainty_line(first).split(':', 1)[0])}</b>{_e(':' + uncertainty_line(first).split(':', 1)[1])}<br>"
-        f"<b>created</b> {_e(meta.get('created'))}</p>\n"
+        meta.to_json(),
+        {name: m.to_json() for name, m in metrics.items()},
+        comparison.to_json() if comparison else None,
     )
 
 
-def _transcoders(metrics: dict[str, dict[str, Any]]) -> str:
+# ------------------------------------------------------------- sections
+def _header(meta: RunMeta, metrics: Results, comparison: Comparison | None) -> str:
+    model, tok = meta.model or ModelInfo(), meta.tokens or Tokens()
+    title = "transcoderbench comparison" if comparison else "transcoderbench evaluation"
+    stop = tok.forward_pass_stopped_after_layer
+    first = next(iter(metrics.values()), TranscoderResult())
+    label, rest = uncertainty_line(first).split(":", 1)
+    return (
+        f"<h1>{_e(title)}: {_e(', '.join(metrics))}</h1>\n<p class='meta'>"
+        f"<b>model</b> {_e(model.name)} ({_e(model.family)}, {_e(model.n_layers)} layers, "
+        f"d_model {_e(model.d_model)}, {_e(model.dtype)} on {_e(model.device)})<br>"
+        f"<b>dataset</b> {_e(meta.dataset.name if meta.dataset else None)}<br>"
+        f"<b>tokens</b> {_e(format(tok.n_tokens_evaluated or 0, ','))} evaluated of "
+        f"{_e(format(tok.n_positions or 0, ','))} positions read ({_e(tok.n_batches)} batches x "
+        f"{_e(tok.batch_size)} sequences x {_e(tok.seq_len)} tokens); BOS, PAD and EOS positions "
+        f"excluded from every metric<br>"
+        f"<b>forward</b> {_e(f'stopped after layer {stop}' if stop is not None else 'full forward pass')}<br>"
+        f"<b>{_e(label)}</b>{_e(':' + rest)}<br>"
+        f"<b>created</b> {_e(meta.created)}</p>\n"
+    )
+
+
+def _transcoders(metrics: Results) -> str:
     rows = []
     for name, m in metrics.items():
-        tc, src, sites = m.get("transcoder") or {}, m.get("source") or {}, m.get("sites") or {}
-        prefixes = tc.get("prefix_ends") or []
+        tc = m.transcoder or TranscoderInfo()
+        prefixes = list(tc.prefix_ends)
         site_cells = []
-        for side in ("input", "output"):
-            s = sites.get(side) or {}
-            norm = f", normalised without gain ({s['normalize']})" if s.get("normalize") else ""
+        for _, site in sides(m):
+            _, norm = site_text(site)
             site_cells.append(
-                f"<code>{_e(s.get('name'))}</code><br>{_e(s.get('direction'))} of "
-                f"<code>{_e(s.get('module'))}</code>{_e(norm)}"
+                f"<code>{_e(site.name)}</code><br>{_e(site.direction)} of <code>{_e(site.module)}</code>{_e(norm)}"
             )
-        notes = "".join(f"<br>note: {_e(n)}" for n in src.get("notes") or [])
+        notes = "".join(f"<br>note: {_e(n)}" for n in (m.source.notes if m.source else ()))
         rows.append(
-            f"<tr><td><b>{_e(name)}</b></td><td>{_e(tc.get('architecture'))}</td>"
-            f"<td class='num'>{_e(tc.get('d_in'))} &rarr; {_e(tc.get('d_sae'))} &rarr; {_e(tc.get('d_out'))}</td>"
+            f"<tr><td><b>{_e(name)}</b></td><td>{_e(tc.architecture)}</td>"
+            f"<td class='num'>{_e(tc.d_in)} &rarr; {_e(tc.d_sae)} &rarr; {_e(tc.d_out)}</td>"
             f"<td>{_e(prefixes if len(prefixes) > 1 else '')}</td><td>{site_cells[0]}</td><td>{site_cells[1]}</td>"
-            f"<td>{_e(source_text(src))}{notes}</td></tr>"
+            f"<td>{_e(source_text(m.source))}{notes}</td></tr>"
         )
     return (
         "<h2>Transcoders</h2>\n<table><tr><th>name</th><th>architecture</th><th>d_in &rarr; d_sae &rarr; d_out</th>"
@@ -158,22 +188,15 @@ def _transcoders(metrics: dict[str, dict[str, Any]]) -> str:
     )
 
 
-def _cell(value: Any, spec: str, iv: dict[str, Any] | None) -> str:
+def _cell(value: Any, spec: str, iv: Interval | None) -> str:
     ci = f"<br><span class='ci'>{_e(fmt_interval(iv, spec))}</span>" if iv else ""
     return f"<td class='num'>{_e(fmt(value, spec))}{ci}</td>"
 
 
-def _summary_table(metrics: dict[str, dict[str, Any]]) -> str:
+def _seed_rows(metrics: Results) -> list[str]:
     names = list(metrics)
-    head = "".join(f"<th>{_e(n)}</th>" for n in names)
-    out = [
-        "<h2>Summary</h2>",
-        "<p>Values over all evaluated tokens; the bracket under a value is its bootstrap interval over sequences "
-        "(where one exists). The <i>field</i> column names where the number is in the metrics JSON; the first rows "
-        "are the field names the seed code printed.</p>",
-        f"<table><tr><th>metric</th><th>field</th>{head}</tr>",
-    ]
     seed_rows = {n: headline_fields(m) for n, m in metrics.items()}
+    out = []
     for i, (field, _, spec, _) in enumerate(seed_rows[names[0]]):
         cells = []
         for n in names:
@@ -182,52 +205,70 @@ def _summary_table(metrics: dict[str, dict[str, Any]]) -> str:
                 cells.append(f"<td>{_e(absorption_value(metrics[n])[1])}</td>")
             else:
                 info = next((x for x in METRICS if x.seed_field == field), None)
-                cells.append(_cell(value, spec, interval_of(metrics[n], info) if info else None))
+                cells.append(_cell(value, spec, interval_of(metrics[n], info)))
         out.append(f"<tr><td><b>{_e(field)}</b></td><td><code>{_e(field)}</code></td>{''.join(cells)}</tr>")
+    return out
+
+
+def _notes(metrics: Results) -> list[str]:
+    notes = []
+    for n, m in metrics.items():
+        if m.downstream is None:
+            notes.append(f"{n}: downstream: {downstream_note(m)}")
+        if m.absorption is None:
+            notes.append(f"{n}: absorption: {absorption_value(m)[1]}")
+        if m.sparsity is not None:
+            notes.append(
+                f"{n}: dead and dense latents are measured over {m.sparsity.n_tokens or 0:,} tokens; a latent may "
+                "be alive on other text"
+            )
+    return notes
+
+
+def _summary_table(metrics: Results) -> str:
+    names = list(metrics)
+    head = "".join(f"<th>{_e(n)}</th>" for n in names)
+    out = [
+        "<h2>Summary</h2>",
+        "<p>Values over all evaluated tokens; the bracket under a value is its bootstrap interval over sequences "
+        "(where one exists). The <i>field</i> column names where the number is in the metrics JSON; the first rows "
+        "are the field names the seed code printed.</p>",
+        f"<table><tr><th>metric</th><th>field</th>{head}</tr>",
+        *_seed_rows(metrics),
+    ]
     section = None
     for info in METRICS:
-        if all(dig(m, info.path) is None for m in metrics.values()):
+        if all(value_of(m, info) is None for m in metrics.values()):
             continue
         if info.section != section:
             section = info.section
             out.append(f"<tr><th colspan='{2 + len(names)}'>{_e(section)}</th></tr>")
-        cells = "".join(_cell(dig(metrics[n], info.path), info.spec, interval_of(metrics[n], info)) for n in names)
+        cells = "".join(_cell(value_of(metrics[n], info), info.spec, interval_of(metrics[n], info)) for n in names)
         out.append(f"<tr><td>{_e(info.label)}</td><td><code>{_e(info.key)}</code></td>{cells}</tr>")
     out.append("</table>")
-    notes = []
-    for n, m in metrics.items():
-        if not isinstance(m.get("downstream"), dict):
-            notes.append(f"{n}: downstream: {downstream_note(m)}")
-        if not isinstance(m.get("absorption"), dict):
-            notes.append(f"{n}: absorption: {absorption_value(m)[1]}")
-        sp = m.get("sparsity") or {}
-        if sp:
-            notes.append(
-                f"{n}: dead and dense latents are measured over {sp.get('n_tokens', 0):,} tokens; a latent may "
-                "be alive on other text"
-            )
+    notes = _notes(metrics)
     if notes:
         out.append("<ul>" + "".join(f"<li>{_e(x)}</li>" for x in notes) + "</ul>")
     return "\n".join(out) + "\n"
 
 
-def _verdicts(comparison: dict[str, Any]) -> str:
+def _verdicts(comparison: Comparison) -> str:
     rows = []
-    for c in comparison.get("categories") or []:
-        cls = "win" if c.get("winner") else "nodiff"
+    for c in comparison.categories:
+        cls = "win" if c.winner else "nodiff"
         pairs = "<br>".join(
-            f"{_e(p['a'])} &minus; {_e(p['b'])}: {_e(fmt(p['difference'], '.4g'))} "
-            f"<span class='ci'>{_e(fmt_interval(p, '.4g'))}</span>{' <b>significant</b>' if p.get('significant') else ''}"
-            for p in c.get("pairs") or []
-            if p.get("low") is not None
+            f"{_e(p.a)} &minus; {_e(p.b)}: {_e(fmt(p.difference, '.4g'))} "
+            f"<span class='ci'>{_e(fmt_interval(p, '.4g'))}</span>{' <b>significant</b>' if p.significant else ''}"
+            for p in c.pairs
+            if p.low is not None
         )
-        values = ", ".join(f"{n}: {fmt(v, '.4g')}" for n, v in (c.get("values") or {}).items())
+        values = ", ".join(f"{n}: {fmt(v, '.4g')}" for n, v in c.values.items())
         rows.append(
-            f"<tr><td><b>{_e(c['name'])}</b><br><span class='ci'>{_e(c.get('why'))}</span></td>"
-            f"<td class='{cls}'>{_e(c.get('verdict'))}</td><td>{_e(values)}</td><td>{pairs}</td>"
-            f"<td><span class='ci'>{_e(c.get('how'))}</span></td></tr>"
+            f"<tr><td><b>{_e(c.name)}</b><br><span class='ci'>{_e(c.why)}</span></td>"
+            f"<td class='{cls}'>{_e(c.verdict)}</td><td>{_e(values)}</td><td>{pairs}</td>"
+            f"<td><span class='ci'>{_e(c.how)}</span></td></tr>"
         )
-    note = str(comparison.get("note", ""))
+    note = str(comparison.note if comparison.note is not None else "")
     return (
         "<h2>Verdicts</h2>\n<p>" + _e(note[:1].upper() + note[1:]) + ". Both transcoders saw exactly the same "
         "sequences, so the bootstrap resamples them together.</p>\n<table><tr><th>category</th><th>verdict</th><th>values</th>"
@@ -235,7 +276,7 @@ def _verdicts(comparison: dict[str, Any]) -> str:
     )
 
 
-def _plots(metrics: dict[str, dict[str, Any]]) -> str:
+def _plots(metrics: Results) -> str:
     out = ["<h2>Plots</h2>"]
     for p in all_plots(metrics):
         data = base64.b64encode(p.png).decode("ascii")
@@ -246,19 +287,19 @@ def _plots(metrics: dict[str, dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _prefix_tables(metrics: dict[str, dict[str, Any]]) -> str:
+def _prefix_tables(metrics: Results) -> str:
     out = []
     for name, m in metrics.items():
         rows = prefix_rows(m)
         if not rows:
             continue
-        cols = [(k, label, spec) for k, label, spec in PREFIX_COLUMNS if any(r.get(k) is not None for r in rows)]
+        cols = [(k, label, spec) for k, label, spec in PREFIX_COLUMNS if any(r.value(k) is not None for r in rows)]
         head = "".join(f"<th>{_e(label)}</th>" for _, label, _ in cols)
         body = "".join(
             "<tr><td class='num'>"
-            + _e(r["prefix_end"])
+            + _e(r.prefix_end)
             + "</td>"
-            + "".join(_cell(r.get(k), spec, r.get(f"{k}_interval")) for k, _, spec in cols)
+            + "".join(_cell(r.value(k), spec, r.interval(k)) for k, _, spec in cols)
             + "</tr>"
             for r in rows
         )
@@ -271,7 +312,7 @@ def _prefix_tables(metrics: dict[str, dict[str, Any]]) -> str:
     )
 
 
-def _suggestions(metrics: dict[str, dict[str, Any]]) -> str:
+def _suggestions(metrics: Results) -> str:
     out = [
         "<h2>Suggestions</h2>",
         "<p>Rules applied to the measured metrics; every threshold is listed below with "
@@ -279,7 +320,7 @@ def _suggestions(metrics: dict[str, dict[str, Any]]) -> str:
     ]
     for name, m in metrics.items():
         out.append(f"<h3>{_e(name)}</h3>")
-        if (m.get("source") or {}).get("format") in ("gemma_scope_1", "gemma_scope_2", "saelens"):
+        if is_pretrained(m):
             out.append(
                 "<p class='meta'>Pretrained transcoder: the training suggestions apply only if you train one "
                 "like it.</p>"
@@ -291,7 +332,7 @@ def _suggestions(metrics: dict[str, dict[str, Any]]) -> str:
             out.append(
                 f"<div class='card'><b>{_e(s.finding)}</b><br>change: {_e(s.change)}<br>why: {_e(s.why)}"
                 f"<br><span class='ci'>rule <code>{_e(s.rule)}</code>, threshold "
-                f"{_e(THRESHOLDS.get(s.rule))} ({_e(THRESHOLD_SOURCES.get(s.rule, ''))})</span></div>"
+                f"{_e(THRESHOLDS[s.rule])} ({_e(THRESHOLD_SOURCES[s.rule])})</span></div>"
             )
     return "\n".join(out) + "\n"
 
@@ -322,7 +363,7 @@ def _explanations() -> str:
         "absorption have no per-sequence form and no interval; decoder redundancy depends on the weights only.</p>"
     )
     rows = "".join(
-        f"<tr><td><code>{_e(k)}</code></td><td class='num'>{_e(v)}</td><td>{_e(THRESHOLD_SOURCES.get(k, ''))}</td></tr>"
+        f"<tr><td><code>{_e(k)}</code></td><td class='num'>{_e(v)}</td><td>{_e(THRESHOLD_SOURCES[k])}</td></tr>"
         for k, v in THRESHOLDS.items()
     )
     out.append(
@@ -332,25 +373,30 @@ def _explanations() -> str:
 
 
 def render_report(
-    meta: dict[str, Any], metrics: dict[str, dict[str, Any]], comparison: dict[str, Any] | None = None
+    meta: RunMeta | Mapping[str, Any],
+    metrics: Mapping[str, TranscoderResult | Mapping[str, Any]],
+    comparison: Comparison | Mapping[str, Any] | None = None,
 ) -> str:
     """The whole page as a string (deterministic for the same inputs)."""
-    if comparison is None and len(metrics) > 1:
-        comparison = comparison_record(meta, metrics)
-    versions = ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items())
+    meta, results = as_meta(meta), as_results(metrics)
+    if comparison is None and len(results) > 1:
+        comparison = comparison_record(meta, results)
+    if comparison is not None and not isinstance(comparison, Comparison):
+        comparison = Comparison.from_json(dict(comparison), "comparison")
+    versions = ", ".join(f"{k} {v}" for k, v in meta.versions.items())
     body = (
-        _header(meta, metrics, comparison)
-        + _transcoders(metrics)
+        _header(meta, results, comparison)
+        + _transcoders(results)
         + (_verdicts(comparison) if comparison else "")
-        + _summary_table(metrics)
-        + _plots(metrics)
-        + _prefix_tables(metrics)
-        + _suggestions(metrics)
+        + _summary_table(results)
+        + _plots(results)
+        + _prefix_tables(results)
+        + _suggestions(results)
         + _explanations()
         + f"<p class='meta'>versions: {_e(versions)}<br>Rebuild this page from the JSON files with "
         "<code>transcoderbench report DIR</code>.</p>"
     )
-    title = ("comparison: " if comparison else "evaluation: ") + ", ".join(metrics)
+    title = ("comparison: " if comparison else "evaluation: ") + ", ".join(results)
     return (
         f"<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n<title>transcoderbench {_e(title)}"
         f"</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>\n{body}</main>\n</body>\n</html>\n"
@@ -359,7 +405,7 @@ def render_report(
 
 def build_report(directory: str | Path) -> str:
     """The report of an evaluate/compare output directory, from its JSON files alone."""
-    meta, metrics, comparison = load_results(directory)
+    meta, metrics, comparison = load_records(directory)
     return render_report(meta, metrics, comparison)
 
 
@@ -371,9 +417,9 @@ def write_report(directory: str | Path) -> Path:
 
 def add_report(
     files: dict[str, Any],
-    meta: dict[str, Any],
-    metrics: dict[str, dict[str, Any]],
-    comparison: dict[str, Any] | None = None,
+    meta: Mapping[str, Any],
+    metrics: Mapping[str, Mapping[str, Any]],
+    comparison: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``files`` plus report.html, rendered from exactly what the JSON files will hold.
 

@@ -7,6 +7,7 @@ display needed). Each transcoder keeps one colour across every figure.
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,10 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from transcoderbench.report.catalog import dig, prefix_rows
+from transcoderbench.report.catalog import prefix_rows, value_at
+from transcoderbench.results import Histogram, Interval, TranscoderResult
+
+Results = Mapping[str, TranscoderResult]
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -48,25 +52,25 @@ def _style(i: int) -> dict[str, Any]:
     return {"color": COLORS[i % len(COLORS)], "marker": MARKERS[i % len(MARKERS)]}
 
 
-def _err(iv: dict[str, Any] | None, value: float) -> list[list[float]] | None:
-    if not iv or iv.get("low") is None:
+def _err(iv: Interval | None, value: float) -> list[list[float]] | None:
+    if iv is None or iv.low is None or iv.high is None:
         return None
-    return [[max(value - iv["low"], 0.0)], [max(iv["high"] - value, 0.0)]]
+    return [[max(value - iv.low, 0.0)], [max(iv.high - value, 0.0)]]
 
 
-def l0_histogram(metrics: dict[str, dict[str, Any]]) -> Plot | None:
+def l0_histogram(metrics: Results) -> Plot | None:
     """Distribution of active latents per token, one outline per transcoder."""
     fig, (ax,) = _figure()
     drawn = 0
     for i, (name, m) in enumerate(metrics.items()):
-        h = dig(m, ("sparsity", "l0_histogram")) or {}
-        counts = np.asarray(h.get("counts") or [], dtype=float)
+        h = (m.sparsity.l0_histogram if m.sparsity else None) or Histogram()
+        counts = np.asarray(h.counts, dtype=float)
         if counts.sum() <= 0:
             continue
         ax.stairs(
             counts / counts.sum(),
-            np.asarray(h["bin_edges"], dtype=float),
-            label=f"{name} (mean {m['sparsity']['l0_mean']:.1f})",
+            np.asarray(h.bin_edges, dtype=float),
+            label=f"{name} (mean {value_at(m, ('sparsity', 'l0_mean')):.1f})",
             color=_style(i)["color"],
             linewidth=1.8,
         )
@@ -85,21 +89,22 @@ def l0_histogram(metrics: dict[str, dict[str, Any]]) -> Plot | None:
     )
 
 
-def density_histogram(metrics: dict[str, dict[str, Any]]) -> Plot | None:
+def density_histogram(metrics: Results) -> Plot | None:
     """Feature density (fraction of tokens each latent fires on), log10, one outline per transcoder."""
     fig, (ax,) = _figure()
     drawn = 0
     for i, (name, m) in enumerate(metrics.items()):
-        h = dig(m, ("sparsity", "feature_density_log10_histogram")) or {}
-        counts = np.asarray(h.get("counts") or [], dtype=float)
+        h = (m.sparsity.feature_density_log10_histogram if m.sparsity else None) or Histogram()
+        counts = np.asarray(h.counts, dtype=float)
         if counts.size == 0:
             continue
+        dead = h.dead_latents if h.keys is None or "dead_latents" in h.keys else 0
         ax.stairs(
             counts,
-            np.asarray(h["bin_edges"], dtype=float),
+            np.asarray(h.bin_edges, dtype=float),
             color=_style(i)["color"],
             linewidth=1.8,
-            label=f"{name} ({h.get('dead_latents', 0)} dead, not shown)",
+            label=f"{name} ({dead} dead, not shown)",
         )
         drawn += 1
     if not drawn:
@@ -117,29 +122,27 @@ def density_histogram(metrics: dict[str, dict[str, Any]]) -> Plot | None:
     )
 
 
-def prefix_curves(metrics: dict[str, dict[str, Any]]) -> Plot | None:
+def prefix_curves(metrics: Results) -> Plot | None:
     """FVU (and delta loss, when measured) against the number of latents in each nested prefix."""
     rows = {name: prefix_rows(m) for name, m in metrics.items()}
     rows = {n: r for n, r in rows.items() if r}
     if not rows:
         return None
-    with_loss = any(any(p.get("delta_loss") is not None for p in r) for r in rows.values())
+    with_loss = any(any(p.value("delta_loss") is not None for p in r) for r in rows.values())
     fig, axes = _figure(2 if with_loss else 1)
     names = list(metrics)
     panels = [("fvu", "FVU", axes[0])] + ([("delta_loss", "delta loss (nats)", axes[1])] if with_loss else [])
     for key, label, ax in panels:
         for name, r in rows.items():
-            pts = [p for p in r if p.get(key) is not None]
+            pts = [(p.prefix_end, p.values[key], p.interval(key)) for p in r if p.value(key) is not None]
             if not pts:
                 continue
             style = _style(names.index(name))
-            x = [p["prefix_end"] for p in pts]
-            y = [p[key] for p in pts]
-            ax.plot(x, y, label=name, **style)
-            for p in pts:
-                err = _err(p.get(f"{key}_interval"), p[key])
+            ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], label=name, **style)
+            for x, y, iv in pts:
+                err = _err(iv, y)
                 if err:
-                    ax.errorbar([p["prefix_end"]], [p[key]], yerr=err, color=style["color"], capsize=3, linewidth=1)
+                    ax.errorbar([x], [y], yerr=err, color=style["color"], capsize=3, linewidth=1)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("latents in the prefix (first N)")
         ax.set_ylabel(label)
@@ -153,9 +156,9 @@ def prefix_curves(metrics: dict[str, dict[str, Any]]) -> Plot | None:
     )
 
 
-def frontier(metrics: dict[str, dict[str, Any]]) -> Plot | None:
+def frontier(metrics: Results) -> Plot | None:
     """Where each transcoder sits on the sparsity/fidelity frontier (L0 vs FVU, and vs delta loss)."""
-    with_loss = any(dig(m, ("downstream", "delta_loss")) is not None for m in metrics.values())
+    with_loss = any(value_at(m, ("downstream", "delta_loss")) is not None for m in metrics.values())
     fig, axes = _figure(2 if with_loss else 1)
     panels = [("fvu", ("reconstruction", "fvu"), "FVU", axes[0])]
     if with_loss:
@@ -165,16 +168,16 @@ def frontier(metrics: dict[str, dict[str, Any]]) -> Plot | None:
     for key, path, label, ax in panels:
         for i, (name, m) in enumerate(metrics.items()):
             style = _style(i)
-            x, y = dig(m, ("sparsity", "l0_mean")), dig(m, path)
+            x, y = value_at(m, ("sparsity", "l0_mean")), value_at(m, path)
             if x is None or y is None:
                 continue
             rows = prefix_rows(m)
             if rows:
-                pts = [p for p in rows if p.get("l0_mean") is not None and p.get(key) is not None]
+                pts = [(p.values["l0_mean"], p.values[key]) for p in rows if {"l0_mean", key} <= set(p.values)]
                 if pts:
                     ax.plot(
-                        [p["l0_mean"] for p in pts],
-                        [p[key] for p in pts],
+                        [px for px, _ in pts],
+                        [py for _, py in pts],
                         color=style["color"],
                         linewidth=1.2,
                         marker=".",
@@ -182,12 +185,11 @@ def frontier(metrics: dict[str, dict[str, Any]]) -> Plot | None:
                     )
                 elif name not in missing_prefix_l0:
                     missing_prefix_l0.append(name)
-            ivs = dig(m, ("uncertainty", "intervals")) or {}
             ax.errorbar(
                 [x],
                 [y],
-                xerr=_err(ivs.get("l0_mean"), x),
-                yerr=_err(ivs.get(key), y),
+                xerr=_err(m.interval("l0_mean"), x),
+                yerr=_err(m.interval(key), y),
                 label=name,
                 markersize=9,
                 capsize=3,
@@ -214,7 +216,7 @@ def frontier(metrics: dict[str, dict[str, Any]]) -> Plot | None:
     return Plot("Sparsity / fidelity frontier", _png(fig), caption)
 
 
-def all_plots(metrics: dict[str, dict[str, Any]]) -> list[Plot]:
+def all_plots(metrics: Results) -> list[Plot]:
     """Every figure that has data, in report order."""
     return [
         p
