@@ -31,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything below runs offline
 import torch  # noqa: E402
 
 from transcoderbench.data import resolve_text_source, token_batches  # noqa: E402
-from transcoderbench.evaluation import evaluate_transcoders  # noqa: E402
+from transcoderbench.evaluate import evaluate_transcoders  # noqa: E402
 from transcoderbench.lm import capture, load_language_model, resolve_site  # noqa: E402
 from transcoderbench.options import DataOptions, DownstreamOptions  # noqa: E402
 from transcoderbench.report.comparison import comparison_record, comparison_summary  # noqa: E402

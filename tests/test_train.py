@@ -17,7 +17,7 @@ import torch
 
 from transcoderbench.cli import main
 from transcoderbench.errors import UserError
-from transcoderbench.evaluation import evaluate_transcoders
+from transcoderbench.evaluate import evaluate_transcoders
 from transcoderbench.formats import load_transcoder
 from transcoderbench.formats.common import load_safetensors
 from transcoderbench.options import DataOptions, DownstreamOptions

@@ -80,7 +80,7 @@ def check_output_dir(path: Path, flag: str = "--output_dir") -> Path:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from transcoderbench.evaluation import evaluate_transcoders, load_transcoders
+    from transcoderbench.evaluate.api import evaluate_transcoders, load_transcoders
     from transcoderbench.report.html import add_report
     from transcoderbench.report.outputs import write_files
     from transcoderbench.report.summary import evaluation_summary
@@ -125,7 +125,7 @@ def parse_named_specs(args: argparse.Namespace) -> dict[str, str]:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from transcoderbench.evaluation import evaluate_transcoders, load_transcoders
+    from transcoderbench.evaluate.api import evaluate_transcoders, load_transcoders
     from transcoderbench.report.comparison import comparison_record, comparison_summary
     from transcoderbench.report.html import add_report
     from transcoderbench.report.outputs import write_files

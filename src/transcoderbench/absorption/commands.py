@@ -92,7 +92,7 @@ def cmd_absorption(args: argparse.Namespace) -> int:
         options_from,
         print_outputs,
     )
-    from transcoderbench.evaluation import (
+    from transcoderbench.evaluate.api import (
         choose_model,
         load_transcoders,
         package_versions,

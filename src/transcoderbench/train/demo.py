@@ -86,7 +86,7 @@ def run_demo(
 
     ``eval_batches`` and ``overrides`` (training settings, e.g. ``token_budget``) exist for tests.
     """
-    from transcoderbench.evaluation import evaluate_transcoders
+    from transcoderbench.evaluate.api import evaluate_transcoders
     from transcoderbench.formats import load_transcoder
     from transcoderbench.lm import load_language_model
     from transcoderbench.options import DataOptions, DownstreamOptions

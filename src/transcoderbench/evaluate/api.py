@@ -21,9 +21,10 @@ from transcoderbench.absorption.options import AbsorptionOptions
 from transcoderbench.absorption.run import run_absorption
 from transcoderbench.absorption.summary import VERSUS_REDUNDANCY
 from transcoderbench.data import resolve_text_source, token_batches
-from transcoderbench.downstream import plan_downstream
-from transcoderbench.engine import AccumulatorFactory, prepare_runs, run_pass
 from transcoderbench.errors import UserError
+from transcoderbench.evaluate.engine import prepare_runs, run_pass
+from transcoderbench.evaluate.runs import AccumulatorFactory
+from transcoderbench.evaluate.splice import plan_downstream
 from transcoderbench.formats import load_transcoder
 from transcoderbench.lm import LanguageModel, load_language_model, resolve_model_name
 from transcoderbench.metrics import default_accumulators, weight_metrics
@@ -62,7 +63,7 @@ def load_transcoders(specs: dict[str, str], select: SelectOptions) -> dict[str, 
 
 
 def choose_model(transcoders: dict[str, Transcoder], model: str | None) -> str:
-    """The --model flag, else the one model the transcoders' configs name."""
+    """``data.model``, else the one model the transcoders' configs name."""
     if model:
         return resolve_model_name(model)
     named = {
@@ -71,11 +72,11 @@ def choose_model(transcoders: dict[str, Transcoder], model: str | None) -> str:
     distinct = sorted(set(named.values()))
     if not distinct:
         raise UserError(
-            "no checkpoint names its language model: pass --model (a hub id, a local directory or smollm2-135m)"
+            "no checkpoint names its language model: set `data.model` (a hub id, a local directory or smollm2-135m)"
         )
     if len(distinct) > 1:
         listing = ", ".join(f"{n}: {m}" for n, m in named.items())
-        raise UserError(f"the transcoders name different models ({listing}): pass --model to choose one")
+        raise UserError(f"the transcoders name different models ({listing}): set `data.model` to choose one")
     return distinct[0]
 
 
@@ -126,7 +127,7 @@ def evaluate_transcoders(
     if make_accumulators is default_accumulators:
         make_accumulators = functools.partial(default_accumulators, bootstrap=bootstrap)
     if data.batches <= 0 or data.batch_size <= 0 or data.seq_len < 2:
-        raise UserError("--batches and --batch_size must be positive and --seq_len at least 2")
+        raise UserError("`data.batches` and `data.batch_size` must be positive and `data.seq_len` at least 2")
     if lm is None:
         model_name = choose_model(transcoders, data.model)
         say(f"loading language model {model_name} ...")
