@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from transcoderbench.errors import UserError
-from transcoderbench.options import opt
+from transcoderbench.options_base import opt
 
 #: CPU budget. With SAEBench's probe recipe, SmolLM2 at layer 10 needs ~3,000 training words for
 #: 21-25 letters to reach test F1 > 0.6 (1,500 give 16-20: too close to the 20 needed); 1,000

@@ -64,7 +64,7 @@ def prepare_runs(
             if widths[site.name] != want:
                 raise UserError(
                     f"transcoder '{run.name}' has {what}={want} but site {site.name} of {lm.name} has "
-                    f"width {widths[site.name]}: check `data.model` and `select.layer` (or the checkpoint's sites)"
+                    f"width {widths[site.name]}: check `model.name` and `select.layer` (or the checkpoint's sites)"
                 )
     for run in runs:
         for acc in run.accumulators.values():

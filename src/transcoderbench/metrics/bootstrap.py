@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from transcoderbench.options import opt
+from transcoderbench.errors import UserError
+from transcoderbench.options_base import opt
 
 METHOD = (
     "Poisson bootstrap over sequences: each resample weights every evaluated sequence by an "
@@ -58,15 +59,13 @@ class BootstrapOptions:
     confidence: float = opt(0.95, "confidence level of the bootstrap intervals")
 
     def check(self) -> BootstrapOptions:
-        from transcoderbench.errors import UserError
-
         if self.bootstrap_resamples < 0:
-            raise UserError(f"--bootstrap_resamples {self.bootstrap_resamples}: must be 0 (off) or positive")
+            raise UserError(f"`bootstrap.bootstrap_resamples` {self.bootstrap_resamples}: must be 0 (off) or positive")
         if not 0.0 < self.confidence < 1.0:
-            raise UserError(f"--confidence {self.confidence}: must be between 0 and 1, e.g. 0.95")
+            raise UserError(f"`bootstrap.confidence` {self.confidence}: must be between 0 and 1, e.g. 0.95")
         if self.bootstrap_resamples and self.bootstrap_resamples < 100:
             raise UserError(
-                f"--bootstrap_resamples {self.bootstrap_resamples}: use at least 100 (or 0 for no intervals)"
+                f"`bootstrap.bootstrap_resamples` {self.bootstrap_resamples}: use at least 100 (or 0 for no intervals)"
             )
         return self
 
