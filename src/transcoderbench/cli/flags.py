@@ -119,7 +119,7 @@ def _converter(base: Any) -> Any:
 
 def config_from_args(args: argparse.Namespace, cls: type[T], *, path: str = "") -> T:
     """The config ``cls`` with every field taken from ``args`` (dests are dotted paths)."""
-    hints = field_types(cls)
+    hints = field_types(cls)  # type: ignore[arg-type]
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         kind = hints[f.name]

@@ -86,7 +86,7 @@ def plan_downstream(
                 "so it cannot be spliced in: set `downstream.downstream=false`"
             )
     sites = {run.output_site.name: run.output_site for run in runs}
-    sums = {name: None for name in sites}
+    sums: dict[str, Tensor] = {}
     count = 0
     for tb in mean_batches:
         got = capture(lm, tb.input_ids.to(lm.device), tb.attention_mask.to(lm.device), list(sites.values()))
@@ -94,7 +94,7 @@ def plan_downstream(
         count += int(keep.sum())
         for name, t in got.items():
             s = t.reshape(-1, t.shape[-1])[keep].double().sum(0)
-            sums[name] = s if sums[name] is None else sums[name] + s
+            sums[name] = s if name not in sums else sums[name] + s
     if count == 0:
         raise UserError("no tokens to estimate the mean-ablation baseline: use more `data.batches`")
     means = {name: (s / count).float() for name, s in sums.items()}
@@ -161,7 +161,7 @@ def downstream_batch(
         y = recon[run.name].y
         site = run.output_site.name
         for kind, column in (("zero", ZERO), ("mean", MEAN)):
-            key = (kind, site)
+            key: tuple[str, ...] | tuple[str, str, int] = (kind, site)
             if key not in targets:
                 value = torch.zeros_like(y) if kind == "zero" else plan.site_means[site].expand_as(y)
                 targets[key] = (y, value, run)
