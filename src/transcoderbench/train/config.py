@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from transcoderbench.config import coerce as coerce_value
-from transcoderbench.config import field_types
+from transcoderbench.config import field_types, opt
 from transcoderbench.errors import UserError
-from transcoderbench.options_base import opt
 
 ARCHITECTURE_CHOICES = ("matryoshka", "batchtopk", "topk")
 DECAY_CHOICES = ("cosine", "linear")
