@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import pytest
 import torch
 
 from transcoderbench.cli import build_parser, main
 from transcoderbench.cli.flags import FlagTable, add_config_flags, config_from_args
-from transcoderbench.config import EvalConfig, field_types
+from transcoderbench.config import EvalConfig, field_types, opt
 from transcoderbench.errors import UserError, render
 from transcoderbench.formats import save_native
 from transcoderbench.train.config import TrainConfig, read_config_file
@@ -120,3 +121,27 @@ def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
     assert exit_info.value.code == 0 and "usage: transcoderbench " + command in capsys.readouterr().out
+
+
+@dataclasses.dataclass
+class _Probe:
+    """A section whose flags carry a prefix from the nesting."""
+
+    FLAG_PREFIX: ClassVar[str] = "probe_"
+    epochs: int = opt(3, "epochs")
+    lr: float | None = opt(None, "learning rate")
+
+
+@dataclasses.dataclass
+class _Outer:
+    probe: _Probe = dataclasses.field(default_factory=_Probe)
+    verbose: bool = opt(False, "talk")
+
+
+def test_a_section_prefix_comes_from_the_nesting():
+    parser = build_parser().__class__()
+    table = FlagTable()
+    add_config_flags(parser, _Outer, table)
+    assert table == {"probe.epochs": "--probe_epochs", "probe.lr": "--probe_lr", "verbose": "--verbose"}
+    config = config_from_args(parser.parse_args(["--probe-epochs", "7", "--probe_lr", "1e-3", "--verbose"]), _Outer)
+    assert config == _Outer(_Probe(epochs=7, lr=1e-3), verbose=True)
