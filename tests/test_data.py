@@ -350,7 +350,7 @@ def test_offline_hub_dataset_fails_fast_with_alternatives(monkeypatch):
     msg = str(err.value)
     assert "\n" not in msg
     assert "nobody-xyz/no-such-dataset" in msg and "could not be loaded" in msg
-    assert "omit --dataset" in msg and ".jsonl" in msg and "folder" in msg
+    assert "omit `data.dataset`" in msg and ".jsonl" in msg and "folder" in msg
 
 
 def test_streaming_dataset_texts_and_missing_column(tok):
