@@ -19,8 +19,7 @@ import time
 import torch
 
 from transcoderbench.data import resolve_text_source, token_batches
-from transcoderbench.downstream import plan_downstream
-from transcoderbench.engine import prepare_runs, run_pass
+from transcoderbench.evaluate import plan_downstream, prepare_runs, run_pass
 from transcoderbench.lm import load_language_model
 from transcoderbench.lm.capture import output_tensor
 from transcoderbench.lm.splice import clean_forward, find_head

@@ -15,7 +15,7 @@ import time
 import torch
 
 from transcoderbench.data import resolve_text_source, token_batches
-from transcoderbench.engine import prepare_runs, run_pass
+from transcoderbench.evaluate import prepare_runs, run_pass
 from transcoderbench.lm import load_language_model
 from transcoderbench.transcoders import MatryoshkaTranscoder
 

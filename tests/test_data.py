@@ -225,7 +225,7 @@ def test_too_little_text_for_one_batch_is_a_user_error(tok, jsonl_source):
         _all(jsonl_source, tok, seq_len=512, batch_size=4)
 
 
-@pytest.mark.parametrize("kw,msg", [({"seq_len": 1}, "--seq-len"), ({"batch_size": 0}, "--batch-size")])
+@pytest.mark.parametrize("kw,msg", [({"seq_len": 1}, "data.seq_len"), ({"batch_size": 0}, "data.batch_size")])
 def test_bad_sizes(tok, jsonl_source, kw, msg):
     args = {"seq_len": 8, "batch_size": 2} | kw
     with pytest.raises(UserError, match=msg):
@@ -350,7 +350,7 @@ def test_offline_hub_dataset_fails_fast_with_alternatives(monkeypatch):
     msg = str(err.value)
     assert "\n" not in msg
     assert "nobody-xyz/no-such-dataset" in msg and "could not be loaded" in msg
-    assert "omit --dataset" in msg and ".jsonl" in msg and "folder" in msg
+    assert "omit `data.dataset`" in msg and ".jsonl" in msg and "folder" in msg
 
 
 def test_streaming_dataset_texts_and_missing_column(tok):

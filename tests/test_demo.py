@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
+from transcoderbench.cli.demo import run_demo
 from transcoderbench.formats import load_transcoder
-from transcoderbench.train.demo import SHARED, run_demo
+from transcoderbench.train.demo import SHARED
 
 
 @pytest.mark.slow

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from transcoderbench.data import resolve_text_source, token_batches
-from transcoderbench.downstream import plan_downstream
-from transcoderbench.engine import prepare_runs, run_pass
+from transcoderbench.evaluate import plan_downstream, prepare_runs, run_pass
 from transcoderbench.metrics.downstream import CleanNextToken
 from transcoderbench.transcoders import BatchTopKTranscoder, JumpReLUTranscoder, MatryoshkaTranscoder
 

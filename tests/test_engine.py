@@ -7,8 +7,8 @@ import torch
 from sklearn.metrics import r2_score
 
 from transcoderbench.data import resolve_text_source, special_token_ids, token_batches
-from transcoderbench.engine import prepare_runs, run_pass
 from transcoderbench.errors import UserError
+from transcoderbench.evaluate import prepare_runs, run_pass
 from transcoderbench.transcoders import JumpReLUTranscoder, MatryoshkaTranscoder
 
 SEQ_LEN, BATCH, N_BATCHES = 24, 3, 4

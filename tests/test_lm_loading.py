@@ -15,7 +15,9 @@ import torch
 
 from tiny_models import FAMILIES, make_tiny_gguf, tiny_input_ids
 from tiny_tokenizer import make_tiny_tokenizer
-from transcoderbench.errors import UserError
+from transcoderbench.cli.flags import FlagTable, OneLineParser, add_config_flags
+from transcoderbench.config import EvalConfig
+from transcoderbench.errors import UserError, render
 from transcoderbench.lm import (
     BUILTIN_MODEL,
     capture,
@@ -34,8 +36,13 @@ EXPECTED_LAYER_PATHS = {
 }
 
 
+EVAL_FLAGS = FlagTable()
+add_config_flags(OneLineParser(), EvalConfig, EVAL_FLAGS)
+
+
 def one_line_user_error(excinfo, *fragments: str) -> str:
-    message = str(excinfo.value)
+    """The message names config fields; ``fragments`` are checked as the CLI shows it (fields as flags)."""
+    message = render(str(excinfo.value), EVAL_FLAGS)
     assert "\n" not in message, message
     for fragment in fragments:
         assert fragment in message, message

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from test_engine import batches, random_transcoders, reference_activations
-from transcoderbench.engine import prepare_runs, run_pass
+from transcoderbench.evaluate import prepare_runs, run_pass
 from transcoderbench.metrics import (
     BootstrapOptions,
     Reconstruction,

@@ -16,8 +16,7 @@ import pytest
 import torch
 
 from transcoderbench.data import resolve_text_source, token_batches
-from transcoderbench.engine import prepare_runs, run_pass
-from transcoderbench.evaluation import package_versions, transcoder_metrics
+from transcoderbench.evaluate import package_versions, prepare_runs, run_pass, transcoder_metrics
 from transcoderbench.lm import capture, resolve_site
 from transcoderbench.metrics import BootstrapOptions, default_accumulators
 from transcoderbench.metrics.bootstrap import attach_uncertainty
@@ -90,12 +89,11 @@ def evaluate_pass(
     tbs = token_list(lm, n_batches)
     plan = None
     if downstream:
-        from transcoderbench.downstream import plan_downstream
+        from transcoderbench.evaluate import plan_downstream
         from transcoderbench.metrics.per_sequence import downstream_ratios
 
         plan = plan_downstream(lm, runs, tbs[:2], n_sequences=n_batches * BATCH)
-        for run in runs:
-            acc = run.accumulators["downstream"]
+        for acc in plan.downstream.values():
             if not getattr(acc, "ratio_metrics", None):  # until the Downstream accumulator declares them itself
                 acc.ratio_metrics = downstream_ratios(acc.prefix_ends)
     stats = run_pass(lm, runs, tbs, show_progress=False, splice=plan)

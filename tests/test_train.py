@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from transcoderbench.cli import main
+from transcoderbench.config import DataConfig, DownstreamConfig, EvalConfig, ModelConfig
 from transcoderbench.errors import UserError
-from transcoderbench.evaluation import evaluate_transcoders
+from transcoderbench.evaluate import evaluate_transcoders
 from transcoderbench.formats import load_transcoder
 from transcoderbench.formats.common import load_safetensors
-from transcoderbench.options import DataOptions, DownstreamOptions
 from transcoderbench.train import TrainConfig, TranscoderTrainer, train
 from transcoderbench.train.buffer import ActivationBuffer
 
@@ -80,12 +80,16 @@ def test_loss_falls(trained):
 def held_out(trained, tiny_lm):
     """Both saved checkpoints, reloaded and evaluated on text they were not trained on."""
     tcs = {name: load_transcoder(str(r.output_dir)) for name, r in trained.items()}
-    data = DataOptions(dataset=HELD_OUT, batches=6, batch_size=8, seq_len=64, device="cpu", progress=False)
+    config = EvalConfig(
+        model=ModelConfig(device="cpu"),
+        data=DataConfig(dataset=HELD_OUT, batches=6, batch_size=8, seq_len=64),
+        downstream=DownstreamConfig(downstream=False),
+        run_absorption=False,
+        progress=False,
+    )
     return evaluate_transcoders(
         tcs,
-        data,
-        DownstreamOptions(downstream=False),
-        run_absorption_phase=False,
+        config,
         lm=tiny_lm("llama"),
         log=lambda m: None,
     )

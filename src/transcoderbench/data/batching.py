@@ -87,11 +87,11 @@ def keep_mask(input_ids: Tensor, attention_mask: Tensor, special_ids: set[int]) 
 
 def _check_sizes(seq_len: int, batch_size: int, n_batches: int | None, rank: int, world_size: int) -> None:
     if seq_len < 2:
-        raise UserError(f"--seq-len {seq_len}: must be at least 2 (BOS plus one text token)")
+        raise UserError(f"`data.seq_len` {seq_len}: must be at least 2 (BOS plus one text token)")
     if batch_size < 1:
-        raise UserError(f"--batch-size {batch_size}: must be at least 1")
+        raise UserError(f"`data.batch_size` {batch_size}: must be at least 1")
     if n_batches is not None and n_batches < 0:
-        raise UserError(f"--n-batches {n_batches}: must be 0 or more")
+        raise UserError(f"`data.batches` {n_batches}: must be 0 or more")
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in a world of size {world_size}")
 
@@ -161,9 +161,9 @@ def token_batches(
             if produced == 0:
                 tokens = next_global * (seq_len - 1) + sum(map(len, window))
                 raise UserError(
-                    f"--dataset {source.name}: too little text for one batch (at least "
+                    f"`data.dataset` {source.name}: too little text for one batch (at least "
                     f"{group * (seq_len - 1)} tokens needed for {group} sequences of {seq_len}, "
-                    f"got about {tokens}); use more text or a smaller --batch-size/--seq-len"
+                    f"got about {tokens}); use more text or a smaller `data.batch_size`/`data.seq_len`"
                 )
             return
         mine = window[rank::world_size]
@@ -190,7 +190,7 @@ def count_available_sequences(
     streaming hub dataset (don't call it there).
     """
     if seq_len < 2:
-        raise UserError(f"--seq-len {seq_len}: must be at least 2 (BOS plus one text token)")
+        raise UserError(f"`data.seq_len` {seq_len}: must be at least 2 (BOS plus one text token)")
     stream = token_stream(source, tokenizer, add_eos_between_documents=add_eos_between_documents)
     total = sum(len(ids) for ids in stream)
     return total // (seq_len - 1)

@@ -87,8 +87,8 @@ def canonical_builtin_name(name: str) -> str:
     except KeyError:
         choices = ", ".join(f"builtin:{k}" for k in BUILTIN_ALIASES if k)
         raise UserError(
-            f"--dataset builtin:{name}: unknown built-in corpus; choose one of {choices} "
-            f"(or omit --dataset for builtin:{DEFAULT_BUILTIN})"
+            f"`data.dataset` builtin:{name}: unknown built-in corpus; choose one of {choices} "
+            f"(or omit `data.dataset` for builtin:{DEFAULT_BUILTIN})"
         ) from None
 
 

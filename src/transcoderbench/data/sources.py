@@ -36,9 +36,7 @@ TEXT_SUFFIXES = (".txt", ".jsonl")
 #: ``owner/name`` as the hub spells repository ids.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
-_ALTERNATIVES = (
-    "omit --dataset to use the built-in corpus, or pass --dataset with a local .txt/.jsonl file or a folder of them"
-)
+_ALTERNATIVES = "omit `data.dataset` to use the built-in corpus, or set `data.dataset` to a local .txt/.jsonl file or a folder of them"
 
 
 @dataclass
@@ -124,8 +122,8 @@ def resolve_text_source(
         return _file_source(spec, path, text_field)
     if _looks_like_path(spec) or not _HUB_ID.match(spec):
         raise UserError(
-            f"--dataset {spec}: no such file or dataset (expected an existing .txt/.jsonl file or "
-            "folder, or a hub dataset id like HuggingFaceFW/fineweb-edu); omit --dataset to use "
+            f"`data.dataset` {spec}: no such file or dataset (expected an existing .txt/.jsonl file or "
+            "folder, or a hub dataset id like HuggingFaceFW/fineweb-edu); omit `data.dataset` to use "
             "the built-in corpus"
         )
     return _hub_source(spec, text_field, split, dataset_config, trust_remote_code)
@@ -150,13 +148,13 @@ def _file_source(spec: str, path: Path, text_field: str) -> TextSource:
         )
         if not files:
             raise UserError(
-                f"--dataset {spec}: the folder holds no .txt or .jsonl files; add some, or omit "
-                "--dataset to use the built-in corpus"
+                f"`data.dataset` {spec}: the folder holds no .txt or .jsonl files; add some, or omit "
+                "`data.dataset` to use the built-in corpus"
             )
     else:
         if path.suffix.lower() not in TEXT_SUFFIXES:
             raise UserError(
-                f"--dataset {spec}: unsupported file type {path.suffix or '(none)'}; pass a .txt "
+                f"`data.dataset` {spec}: unsupported file type {path.suffix or '(none)'}; pass a .txt "
                 "file (blank-line-separated documents), a .jsonl file (one JSON object per line) "
                 "or a folder of them"
             )
@@ -165,7 +163,9 @@ def _file_source(spec: str, path: Path, text_field: str) -> TextSource:
         docs = _jsonl_texts(f, text_field) if f.suffix.lower() == ".jsonl" else _txt_texts(f)
         try:
             if next(docs, None) is None:
-                raise UserError(f"--dataset {spec}: {f} is empty (no text); remove it or pass a file with documents")
+                raise UserError(
+                    f"`data.dataset` {spec}: {f} is empty (no text); remove it or pass a file with documents"
+                )
         finally:
             docs.close()
     return TextSource(name=spec, kind="files", files=files, text_field=text_field)
@@ -180,7 +180,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     try:
         fh = open(path, "rb")
     except OSError as e:
-        raise UserError(f"--dataset: cannot read {path}: {e.strerror or e}") from None
+        raise UserError(f"`data.dataset`: cannot read {path}: {e.strerror or e}") from None
     with fh:
         for lineno, raw in enumerate(fh, start=1):
             try:
@@ -219,14 +219,14 @@ def _jsonl_texts(path: Path, text_field: str) -> Iterator[str]:
         if text_field not in record:
             keys = ", ".join(sorted(map(str, record))) or "none"
             raise UserError(
-                f"{path}:{lineno}: no {text_field!r} key (keys: {keys}); pass --text-field with "
+                f"{path}:{lineno}: no {text_field!r} key (keys: {keys}); set `data.text_field` to "
                 "the key that holds the text"
             )
         text = record[text_field]
         if not isinstance(text, str):
             raise UserError(
                 f"{path}:{lineno}: {text_field!r} holds {type(text).__name__}, not a string; fix "
-                "that line or pass --text-field"
+                "that line or set `data.text_field`"
             )
         if text.strip():
             yield text
@@ -250,13 +250,13 @@ def _hub_source(
         reason = (str(e).strip().splitlines() or [""])[0][:300]
         where = spec + (f" (config {dataset_config})" if dataset_config else "") + f", split {split}"
         raise UserError(
-            f"--dataset {where}: the dataset could not be loaded ({type(e).__name__}: {reason}); {_ALTERNATIVES}"
+            f"`data.dataset` {where}: the dataset could not be loaded ({type(e).__name__}: {reason}); {_ALTERNATIVES}"
         ) from None
     features = getattr(dataset, "features", None)
     if features is not None and text_field not in features:
         columns = ", ".join(features) or "none"
         raise UserError(
-            f"--dataset {spec}: no column {text_field!r} (columns: {columns}); pass --text-field "
+            f"`data.dataset` {spec}: no column {text_field!r} (columns: {columns}); set `data.text_field` "
             "with the column that holds the text"
         )
     return TextSource(
@@ -274,14 +274,14 @@ def _dataset_texts(dataset: Any, name: str, text_field: str) -> Iterator[str]:
         if text_field not in record:
             columns = ", ".join(map(str, record)) or "none"
             raise UserError(
-                f"--dataset {name}: row {i} has no {text_field!r} column (columns: {columns}); "
-                "pass --text-field with the column that holds the text"
+                f"`data.dataset` {name}: row {i} has no {text_field!r} column (columns: {columns}); "
+                "set `data.text_field` to the column that holds the text"
             )
         text = record[text_field]
         if not isinstance(text, str):
             raise UserError(
-                f"--dataset {name}: column {text_field!r} holds {type(text).__name__}, not text; "
-                "pass --text-field with a text column"
+                f"`data.dataset` {name}: column {text_field!r} holds {type(text).__name__}, not text; "
+                "set `data.text_field` to a text column"
             )
         if text.strip():
             yield text

@@ -1,6 +1,6 @@
 """Language models: load one, name its sites, capture them in one (early-stopped) forward pass."""
 
-from transcoderbench.lm.capture import StopForward, capture, hooks, stop_point
+from transcoderbench.lm.capture import StopForward, capture, hooks, site_widths, stop_point
 from transcoderbench.lm.loading import (
     BUILTIN_MODEL,
     LanguageModel,
@@ -22,5 +22,6 @@ __all__ = [
     "resolve_model_name",
     "resolve_site",
     "site_tensor",
+    "site_widths",
     "stop_point",
 ]

@@ -191,3 +191,12 @@ def capture(
             "choose a module on the text path"
         )
     return {site.name: site_tensor(site, store[site.name]) for site in chosen}
+
+
+def site_widths(lm: LanguageModel, sites: list[Site]) -> dict[str, int]:
+    """Each site's width, read from a two-token (BOS, BOS) probe forward that stops early.
+
+    Cheap enough to run before any long pass, so a width mismatch fails in a second.
+    """
+    probe = torch.tensor([[lm.bos_token_id, lm.bos_token_id]], device=lm.device)
+    return {name: t.shape[-1] for name, t in capture(lm, probe, None, sites, stop_early=True).items()}

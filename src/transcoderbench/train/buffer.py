@@ -182,8 +182,8 @@ class ActivationBuffer:
         if self.in_memory:
             if self.total < batch_size:
                 raise UserError(
-                    f"--batch_size {batch_size}: the dataset has only {self.total:,} tokens; use a "
-                    "smaller --batch_size or more text"
+                    f"--batch_tokens {batch_size}: the dataset has only {self.total:,} tokens; use a "
+                    "smaller --batch_tokens or more text"
                 )
             if self.n < batch_size:  # end of an epoch: the rest (fewer than one batch) is skipped
                 self.epoch += 1

@@ -7,7 +7,6 @@ the command line. A config file key that is not a field is an error naming the k
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import re
@@ -16,8 +15,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from transcoderbench.config import coerce as coerce_value
+from transcoderbench.config import field_types, opt
 from transcoderbench.errors import UserError
-from transcoderbench.options import opt
 
 ARCHITECTURE_CHOICES = ("matryoshka", "batchtopk", "topk")
 DECAY_CHOICES = ("cosine", "linear")
@@ -70,10 +70,15 @@ class TrainConfig:
     warmup_steps: int = opt(1000, "steps of linear warmup from 0 to lr")
     min_lr: float = opt(0.0, "learning rate reached at the last step")
     decay: str = opt("cosine", "decay from lr to min_lr after the warmup", choices=DECAY_CHOICES)
-    batch_size: int = opt(4096, "activation tokens per training step")
+    batch_size: int = opt(
+        4096,
+        "activation tokens per training step (not sequences: see lm_batch_size)",
+        flag="batch_tokens",
+        aliases=("batch_size",),
+    )
     token_budget: int = opt(
         50_000_000,
-        "training tokens in all (steps = token_budget / batch_size); when the dataset runs out it is read again",
+        "training tokens in all (steps = token_budget / batch_tokens); when the dataset runs out it is read again",
     )
     seed: int = opt(0, "seed of the initialisation and of the activation shuffling")
     # ------------------------------------------------------------------ data
@@ -145,39 +150,20 @@ _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
 # ----------------------------------------------------------------------------- values
-def _type_name(name: str) -> str:
-    return str(_FIELDS[name].type)
+#: Config-file keys and flags that differ from the field name (the field keeps its name in saved records).
+KEY_ALIASES = {"batch_tokens": "batch_size"}
+
+
+def flag_of(name: str) -> str:
+    """The flag of field ``name``: ``--batch_tokens`` for ``batch_size``, else ``--name``."""
+    return "--" + _FIELDS[name].metadata.get("flag", name)
 
 
 def coerce(name: str, value: Any, where: str) -> Any:
     """``value`` as the type of field ``name`` (config files may hold strings or lists)."""
-    kind = _type_name(name)
-    if value is None:
-        if "None" in kind:
-            return None
-        raise UserError(f"{where}: {name} may not be empty")
-    try:
-        if kind.startswith("bool"):
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "false", "no", "0"):
-                return value.strip().lower() in ("true", "yes", "1")
-            raise ValueError
-        if kind.startswith("int"):
-            if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(float(value)) if isinstance(value, (str, float)) else int(value)
-        if kind.startswith("float"):
-            if isinstance(value, bool):
-                raise ValueError
-            return float(Fraction(value)) if isinstance(value, str) else float(value)
-        if name == "group_sizes" and isinstance(value, (list, tuple)):
-            return ",".join(str(v) for v in value)
-        if isinstance(value, (dict, list, tuple)):
-            raise ValueError
-        return str(value)
-    except (ValueError, TypeError, ZeroDivisionError):
-        raise UserError(f"{where}: {name}={value!r} is not a valid {kind.split(' ')[0]}") from None
+    if name == "group_sizes" and isinstance(value, (list, tuple)):
+        value = ",".join(str(v) for v in value)
+    return coerce_value(field_types(TrainConfig)[name], value, f"{where}: {name}")
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -204,11 +190,11 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise UserError(f"--config {path}: must hold a mapping of setting names to values")
+    data = {KEY_ALIASES.get(k, k): v for k, v in data.items()}
     unknown = [k for k in data if k not in _FIELDS]
     if unknown:
-        raise UserError(
-            f"--config {path}: unknown key {unknown[0]!r}; valid keys are the `train` flags ({', '.join(_FIELDS)})"
-        )
+        keys = ", ".join(next((a for a, f in KEY_ALIASES.items() if f == k), k) for k in _FIELDS)
+        raise UserError(f"--config {path}: unknown key {unknown[0]!r}; valid keys are the `train` flags ({keys})")
     return {k: coerce(k, v, f"--config {path}") for k, v in data.items()}
 
 
@@ -237,7 +223,7 @@ def validate(c: TrainConfig) -> None:
     )
     for name in positive:
         if getattr(c, name) <= 0:
-            raise UserError(f"--{name} {getattr(c, name)}: must be positive")
+            raise UserError(f"{flag_of(name)} {getattr(c, name)}: must be positive")
     for name in ("warmup_steps", "checkpoint_every", "log_every", "dataset_tokens"):
         if getattr(c, name) < 0:
             raise UserError(f"--{name} {getattr(c, name)}: must be 0 or more")
@@ -257,7 +243,7 @@ def validate(c: TrainConfig) -> None:
     if c.buffer_tokens < need:
         raise UserError(
             f"--buffer_tokens {c.buffer_tokens}: must hold a training batch plus a language-model batch "
-            f"(--batch_size + --lm_batch_size x --seq_len = {need})"
+            f"(--batch_tokens + --lm_batch_size x --seq_len = {need})"
         )
     if c.group_sizes is not None and c.architecture != "matryoshka":
         raise UserError(f"--group_sizes applies only to --architecture matryoshka (got {c.architecture})")
@@ -319,44 +305,6 @@ def layer_of(c: TrainConfig) -> int:
     layer = c.layer if c.layer is not None else site_layer(c.input_site)
     assert layer is not None  # validate() guarantees it
     return layer
-
-
-# ----------------------------------------------------------------------------- flags
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per field. Defaults are left out of the namespace (``SUPPRESS``) so that
-    :func:`config_from_args` can tell a flag the user gave from one a config file should fill."""
-    from transcoderbench.cli import flag_names
-
-    group = parser.add_argument_group("training settings (also the keys of --config)")
-    for f in dataclasses.fields(TrainConfig):
-        kind = str(f.type)
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
-        help_text = f.metadata.get("help", "")
-        if kind == "bool":
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = str  # coerced (with a one-line error) in config_from_args
-            kwargs["metavar"] = f.name.upper()
-            if "choices" in f.metadata:
-                kwargs["choices"] = f.metadata["choices"]
-        if f.default is not None:
-            default = f"{f.default:g}" if isinstance(f.default, float) else f.default
-            help_text += f" (default: {default})"
-        group.add_argument(*flag_names(f.name), help=help_text, **kwargs)
-
-
-def given_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings given as flags, coerced to their types."""
-    return {name: coerce(name, getattr(args, name), f"--{name}") for name in _FIELDS if hasattr(args, name)}
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """defaults < ``--config`` file < flags."""
-    values: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        values.update(read_config_file(args.config))
-    values.update(given_settings(args))
-    return make_config(values, "train")
 
 
 def config_dict(c: TrainConfig) -> dict[str, Any]:

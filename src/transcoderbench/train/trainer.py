@@ -59,7 +59,7 @@ from torch import Tensor
 from transcoderbench.data import resolve_text_source
 from transcoderbench.errors import UserError
 from transcoderbench.formats import save_native
-from transcoderbench.lm import LanguageModel, capture, load_language_model, resolve_site
+from transcoderbench.lm import LanguageModel, load_language_model, resolve_site, site_widths
 from transcoderbench.progress import progress_bar
 from transcoderbench.train import state as resume_state
 from transcoderbench.train.buffer import ActivationBuffer
@@ -416,8 +416,7 @@ class _Run:
         self.device = lm.device
         self.in_name, self.out_name = default_sites(c0)
         input_site, output_site = resolve_site(lm, self.in_name), resolve_site(lm, self.out_name)
-        probe = torch.tensor([[lm.bos_token_id, lm.bos_token_id]], device=lm.device)
-        widths = {k: v.shape[-1] for k, v in capture(lm, probe, None, [input_site, output_site]).items()}
+        widths = site_widths(lm, [input_site, output_site])
         d_in, d_out = widths[input_site.name], widths[output_site.name]
         source = resolve_text_source(
             c0.dataset,

@@ -3,68 +3,35 @@
 The engine knows no metric formulas. It resolves each transcoder's own input and output
 sites, checks widths before any work is done, captures every needed site in one forward pass
 per batch (stopping after the deepest layer needed), drops BOS/PAD/EOS positions, runs each
-transcoder in fp32, and hands the result to that transcoder's accumulators.
+transcoder in fp32, and hands the result to that transcoder's accumulators. Work that needs the
+clean forward to the head (the splice stage) plugs in as a :class:`BatchStage`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor
 
 from transcoderbench.data import TokenBatch
-from transcoderbench.downstream import SplicePlan, downstream_batch
 from transcoderbench.errors import UserError
-from transcoderbench.lm import LanguageModel, Site, capture, resolve_site
+from transcoderbench.evaluate.runs import (
+    AccumulatorFactory,
+    BatchStage,
+    PassStats,
+    TranscoderRun,
+    deepest_layer,
+    unique_sites,
+)
+from transcoderbench.lm import LanguageModel, capture, resolve_site, site_widths
 from transcoderbench.lm.splice import clean_forward
 from transcoderbench.metrics import default_accumulators
-from transcoderbench.metrics.base import Accumulator, TranscoderBatch
+from transcoderbench.metrics.base import TranscoderBatch
 from transcoderbench.progress import progress_bar
 from transcoderbench.transcoders import Transcoder
 
-# (transcoder, n_sequences) -> accumulators; n_sequences bounds the global sequence index, or None.
-AccumulatorFactory = Callable[[Transcoder, "int | None"], dict[str, Accumulator]]
-
-
-@dataclass
-class TranscoderRun:
-    """One transcoder in a pass: its resolved sites and the accumulators fed by the pass."""
-
-    name: str
-    transcoder: Transcoder
-    input_site: Site
-    output_site: Site
-    accumulators: dict[str, Accumulator]
-
-    def results(self) -> dict[str, Any]:
-        return {key: acc.result() for key, acc in self.accumulators.items()}
-
-
-@dataclass
-class PassStats:
-    """What the pass actually read (recorded in every output)."""
-
-    n_batches: int = 0
-    n_sequences: int = 0
-    n_positions: int = 0
-    """All token positions read, BOS/PAD/EOS included."""
-    n_tokens_evaluated: int = 0
-    """Positions kept for metrics (BOS, PAD and EOS excluded)."""
-    stopped_early_after_layer: int | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "n_batches": self.n_batches,
-            "n_sequences": self.n_sequences,
-            "n_positions": self.n_positions,
-            "n_tokens_evaluated": self.n_tokens_evaluated,
-            "n_positions_excluded": self.n_positions - self.n_tokens_evaluated,
-            "excluded_positions": "BOS, PAD and EOS positions are excluded from every metric",
-            "forward_pass_stopped_after_layer": self.stopped_early_after_layer,
-        }
+__all__ = ["PassStats", "TranscoderRun", "deepest_layer", "evaluate_batch", "prepare_runs", "run_pass"]
 
 
 def prepare_runs(
@@ -90,35 +57,20 @@ def prepare_runs(
                 accumulators=make_accumulators(tc, n_sequences),
             )
         )
-    sites = _unique_sites(runs)
-    probe = torch.tensor([[lm.bos_token_id, lm.bos_token_id]], device=lm.device)
-    widths = {name: t.shape[-1] for name, t in capture(lm, probe, None, sites, stop_early=True).items()}
+    widths = site_widths(lm, unique_sites(runs))
     for run in runs:
         tc = run.transcoder
         for site, want, what in ((run.input_site, tc.d_in, "d_in"), (run.output_site, tc.d_out, "d_out")):
             if widths[site.name] != want:
                 raise UserError(
                     f"transcoder '{run.name}' has {what}={want} but site {site.name} of {lm.name} has "
-                    f"width {widths[site.name]}: check --model and --layer (or the checkpoint's sites)"
+                    f"width {widths[site.name]}: check `model.name` and `select.layer` (or the checkpoint's sites)"
                 )
     for run in runs:
         for acc in run.accumulators.values():
             for key, value in acc.state.items():
                 acc.state[key] = value.to(lm.device)
     return runs
-
-
-def _unique_sites(runs: list[TranscoderRun]) -> list[Site]:
-    by_name: dict[str, Site] = {}
-    for run in runs:
-        by_name.setdefault(run.input_site.name, run.input_site)
-        by_name.setdefault(run.output_site.name, run.output_site)
-    return list(by_name.values())
-
-
-def deepest_layer(runs: list[TranscoderRun]) -> int | None:
-    layers = [s.layer for s in _unique_sites(runs) if s.layer is not None]
-    return max(layers) if layers else None
 
 
 def evaluate_batch(run: TranscoderRun, x: Tensor, y: Tensor, seq_ids: Tensor) -> TranscoderBatch:
@@ -140,16 +92,19 @@ def run_pass(
     total_batches: int | None = None,
     stop_early: bool = True,
     show_progress: bool = True,
-    splice: SplicePlan | None = None,
+    splice: BatchStage | None = None,
 ) -> PassStats:
     """Stream ``batches`` once through the LM and every transcoder; return what was read.
 
-    With a ``splice`` plan (see ``downstream.plan_downstream``) the clean pass runs to the head
-    and every transcoder's reconstruction is also spliced in; otherwise the forward pass stops
+    With a ``splice`` stage (e.g. ``evaluate.splice.plan_downstream``) the clean pass runs to the
+    head and the stage gets every batch's clean forward and reconstructions; otherwise the forward pass stops
     after the deepest layer any site needs (unless ``stop_early`` is False).
     """
-    sites = _unique_sites(runs)
+    sites = unique_sites(runs)
     stop_early = stop_early and splice is None
+    if splice is not None:
+        for run in runs:
+            run.accumulators.update(splice.accumulators(run.name))
     stats = PassStats(stopped_early_after_layer=deepest_layer(runs) if stop_early else None)
     bar = progress_bar(total=total_batches, desc="evaluating", unit="batch", disable=not show_progress)
     for tb in batches:
@@ -168,7 +123,7 @@ def run_pass(
             for run in runs
         }
         if splice is not None:
-            downstream_batch(lm, splice, runs, tb, clean, recon)
+            splice.update(lm, runs, tb, clean, recon)
         stats.n_batches += 1
         stats.n_sequences += ids.shape[0]
         stats.n_positions += ids.numel()
@@ -177,7 +132,9 @@ def run_pass(
         bar.set_postfix(tokens=stats.n_tokens_evaluated)
     bar.close()
     if stats.n_tokens_evaluated == 0:
-        raise UserError("the dataset gave no tokens to evaluate: use a larger --dataset or fewer skipped positions")
+        raise UserError(
+            "the dataset gave no tokens to evaluate: use a larger `data.dataset` or fewer skipped positions"
+        )
     for run in runs:
         for acc in run.accumulators.values():
             acc.all_reduce()

@@ -5,23 +5,21 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from transcoderbench.report.html import write_report
-
-    path = write_report(args.directory)
-    print("wrote:")
-    print(f"  {path}")
-    return 0
+from transcoderbench.cli.common import print_outputs
+from transcoderbench.report.html import write_report
 
 
-def register(subparsers: Any) -> None:
-    """Add the ``report`` command (called by cli.build_parser through COMMAND_MODULES)."""
-    rp = subparsers.add_parser(
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
         "report",
         help="rebuild report.html from an output directory's JSON files",
         description="Rebuild report.html (one self-contained page: tables, plots, explanations, suggestions) from "
         "the metrics.json, or comparison.json and NAME_metrics.json, files in DIR. Nothing is re-evaluated.",
     )
-    rp.add_argument("directory", metavar="DIR", help="the --output_dir of an evaluate or compare run")
-    rp.set_defaults(func=cmd_report)
+    parser.add_argument("directory", metavar="DIR", help="the --output_dir of an evaluate or compare run")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    print_outputs([write_report(args.directory)])
+    return 0

@@ -11,24 +11,24 @@ import functools
 import itertools
 import platform
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from typing import Any
 
 from transcoderbench import __version__
-from transcoderbench.absorption.options import AbsorptionOptions
 from transcoderbench.absorption.run import run_absorption
 from transcoderbench.absorption.summary import VERSUS_REDUNDANCY
+from transcoderbench.config import EvalConfig, SelectConfig, options_record
 from transcoderbench.data import resolve_text_source, token_batches
-from transcoderbench.downstream import plan_downstream
-from transcoderbench.engine import AccumulatorFactory, prepare_runs, run_pass
 from transcoderbench.errors import UserError
+from transcoderbench.evaluate.engine import prepare_runs, run_pass
+from transcoderbench.evaluate.runs import AccumulatorFactory
+from transcoderbench.evaluate.splice import plan_downstream
 from transcoderbench.formats import load_transcoder
 from transcoderbench.lm import LanguageModel, load_language_model, resolve_model_name
 from transcoderbench.metrics import default_accumulators, weight_metrics
-from transcoderbench.metrics.bootstrap import BootstrapOptions, attach_uncertainty
-from transcoderbench.options import DataOptions, DownstreamOptions, SelectOptions
+from transcoderbench.metrics.bootstrap import attach_uncertainty
 from transcoderbench.transcoders import Transcoder
 
 
@@ -53,7 +53,7 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def load_transcoders(specs: dict[str, str], select: SelectOptions) -> dict[str, Transcoder]:
+def load_transcoders(specs: dict[str, str], select: SelectConfig) -> dict[str, Transcoder]:
     """Load ``name -> spec``; the readers check weights (NaN/Inf) and the layer choice."""
     return {
         name: load_transcoder(spec, layer=select.layer, width=select.width, l0=select.l0)
@@ -62,7 +62,7 @@ def load_transcoders(specs: dict[str, str], select: SelectOptions) -> dict[str, 
 
 
 def choose_model(transcoders: dict[str, Transcoder], model: str | None) -> str:
-    """The --model flag, else the one model the transcoders' configs name."""
+    """``model.name``, else the one model the transcoders' configs name."""
     if model:
         return resolve_model_name(model)
     named = {
@@ -71,11 +71,11 @@ def choose_model(transcoders: dict[str, Transcoder], model: str | None) -> str:
     distinct = sorted(set(named.values()))
     if not distinct:
         raise UserError(
-            "no checkpoint names its language model: pass --model (a hub id, a local directory or smollm2-135m)"
+            "no checkpoint names its language model: set `model.name` (a hub id, a local directory or smollm2-135m)"
         )
     if len(distinct) > 1:
         listing = ", ".join(f"{n}: {m}" for n, m in named.items())
-        raise UserError(f"the transcoders name different models ({listing}): pass --model to choose one")
+        raise UserError(f"the transcoders name different models ({listing}): set `model.name` to choose one")
     return distinct[0]
 
 
@@ -104,12 +104,8 @@ def transcoder_metrics(name: str, tc: Transcoder, results: dict[str, Any], run_s
 
 def evaluate_transcoders(
     transcoders: dict[str, Transcoder],
-    data: DataOptions,
-    downstream: DownstreamOptions | None = None,
-    bootstrap: BootstrapOptions | None = None,
-    absorption: AbsorptionOptions | None = None,
+    config: EvalConfig | None = None,
     *,
-    run_absorption_phase: bool = True,
     stop_early: bool = True,
     make_accumulators: AccumulatorFactory = default_accumulators,
     lm: LanguageModel | None = None,
@@ -117,21 +113,25 @@ def evaluate_transcoders(
 ) -> EvaluationResult:
     """Evaluate every transcoder on exactly the same tokens in one streaming pass.
 
-    ``downstream`` defaults to ``DownstreamOptions()`` (spliced loss on); pass
-    ``DownstreamOptions(downstream=False)`` for reconstruction only, which stops the forward early.
+    ``config`` defaults to ``EvalConfig()`` (spliced loss and absorption on); set
+    ``config.downstream.downstream = False`` for reconstruction only, which stops the forward early.
     """
     say = log or (lambda msg: print(msg, file=sys.stderr))
-    downstream = downstream or DownstreamOptions()
-    bootstrap = (bootstrap or BootstrapOptions()).check()
+    config = config or EvalConfig()
+    data, downstream = config.data, config.downstream
+    bootstrap = config.bootstrap.check()
     if make_accumulators is default_accumulators:
         make_accumulators = functools.partial(default_accumulators, bootstrap=bootstrap)
     if data.batches <= 0 or data.batch_size <= 0 or data.seq_len < 2:
-        raise UserError("--batches and --batch_size must be positive and --seq_len at least 2")
+        raise UserError("`data.batches` and `data.batch_size` must be positive and `data.seq_len` at least 2")
     if lm is None:
-        model_name = choose_model(transcoders, data.model)
+        model_name = choose_model(transcoders, config.model.name)
         say(f"loading language model {model_name} ...")
         lm = load_language_model(
-            model_name, device=data.device, dtype=data.dtype, trust_remote_code=data.trust_remote_code
+            model_name,
+            device=config.model.device,
+            dtype=config.model.dtype,
+            trust_remote_code=config.model.trust_remote_code,
         )
     n_sequences = data.batches * data.batch_size
     runs = prepare_runs(lm, transcoders, make_accumulators, n_sequences=n_sequences)
@@ -140,7 +140,7 @@ def evaluate_transcoders(
         text_field=data.text_field,
         split=data.dataset_split,
         dataset_config=data.dataset_config,
-        trust_remote_code=data.trust_remote_code,
+        trust_remote_code=config.model.trust_remote_code,
     )
     planned = data.batches * data.batch_size * data.seq_len
     say(
@@ -160,7 +160,7 @@ def evaluate_transcoders(
         plan = plan_downstream(lm, runs, first, n_sequences=n_sequences, variants_per_pass=downstream.variants_per_pass)
         batches = itertools.chain(first, batches)
     stats = run_pass(
-        lm, runs, batches, total_batches=data.batches, stop_early=stop_early, show_progress=data.progress, splice=plan
+        lm, runs, batches, total_batches=data.batches, stop_early=stop_early, show_progress=config.progress, splice=plan
     )
     if stats.n_batches < data.batches:
         say(f"the dataset ran out after {stats.n_batches} of {data.batches} batches")
@@ -175,7 +175,7 @@ def evaluate_transcoders(
             "batch_size": data.batch_size,
             **stats.as_dict(),
         },
-        "options": {**asdict(data), **asdict(downstream), **asdict(bootstrap)},
+        "options": options_record(config),
         "versions": package_versions(),
     }
     metrics = {}
@@ -196,9 +196,9 @@ def evaluate_transcoders(
         }
         metrics[run.name] = transcoder_metrics(run.name, run.transcoder, run.results(), sites)
     attach_uncertainty({run.name: run.accumulators for run in runs}, metrics, bootstrap)
-    if run_absorption_phase:
+    if config.run_absorption:
         say("measuring first-letter absorption (--no-absorption skips it)")
-        found = run_absorption(lm, transcoders, absorption or AbsorptionOptions(), log=say, show_progress=data.progress)
+        found = run_absorption(lm, transcoders, config.absorption, log=say, show_progress=config.progress)
         for name, result in found.items():
             metrics[name]["absorption"] = result
             metrics[name]["absorption_note"] = (

@@ -1,4 +1,4 @@
-"""Spliced evaluation for one batch: build every variant, finish its forward, feed the accumulators.
+"""The splice stage: spliced (downstream) evaluation for one batch: build every variant, finish its forward, feed the accumulators.
 
 Per batch, the clean pass runs once for all transcoders. Variants are: each transcoder's nested
 prefixes, plus zero and mean ablation of each distinct output site (shared by the transcoders
@@ -19,9 +19,10 @@ from torch import Tensor
 
 from transcoderbench.data import TokenBatch
 from transcoderbench.errors import UserError
+from transcoderbench.evaluate.runs import TranscoderRun
 from transcoderbench.lm import LanguageModel, capture
 from transcoderbench.lm.splice import CleanForward, Head, additive_layer, find_head, resume, spliced_forward
-from transcoderbench.metrics.base import TranscoderBatch
+from transcoderbench.metrics.base import Accumulator, TranscoderBatch
 from transcoderbench.metrics.downstream import CLEAN, MEAN, ZERO, CleanNextToken, Downstream, prefix_column
 
 # Rows of logits computed at once: bounds the head's memory (rows * vocab floats, ~256 MB).
@@ -38,36 +39,54 @@ class SplicePlan:
     splice_layer: dict[str, int | None]
     """Run name -> layer whose output is patched (resumed path), or None (full-forward path)."""
     variants_per_pass: int = 1
+    downstream: dict[str, Downstream] = field(default_factory=dict)
+    """Run name -> the Downstream accumulator this stage feeds (added to the run by the engine)."""
     notes: list[str] = field(default_factory=list)
 
     @property
     def splice_layers(self) -> set[int]:
         return {layer for layer in self.splice_layer.values() if layer is not None}
 
+    def accumulators(self, run_name: str) -> dict[str, Accumulator]:
+        return {"downstream": self.downstream[run_name]}
+
+    def update(
+        self,
+        lm: LanguageModel,
+        runs: list[TranscoderRun],
+        tb: TokenBatch,
+        clean: CleanForward,
+        recon: dict[str, TranscoderBatch],
+    ) -> None:
+        downstream_batch(lm, self, runs, tb, clean, recon)
+
 
 def plan_downstream(
     lm: LanguageModel,
-    runs: list,
+    runs: list[TranscoderRun],
     mean_batches: list[TokenBatch],
     *,
     n_sequences: int | None,
     variants_per_pass: int | None = None,
 ) -> SplicePlan:
-    """Find the head, estimate each output site's mean target, and attach a Downstream accumulator per run."""
+    """Find the head, estimate each output site's mean target, and make one Downstream accumulator per run.
+
+    ``runs`` are not changed: the engine adds the plan's accumulators to them when the pass starts.
+    """
     head = find_head(lm)
     if head is None:
         raise UserError(
             f"downstream metrics need {lm.name}'s final norm and unembedding, which were not found or did not "
-            "reproduce the model's logits: pass --no-downstream"
+            "reproduce the model's logits: set `downstream.downstream=false`"
         )
     for run in runs:
         if run.output_site.normalize is not None:
             raise UserError(
                 f"transcoder '{run.name}' predicts {run.output_site.name}, a normalised view that no module outputs, "
-                "so it cannot be spliced in: pass --no-downstream"
+                "so it cannot be spliced in: set `downstream.downstream=false`"
             )
     sites = {run.output_site.name: run.output_site for run in runs}
-    sums = {name: None for name in sites}
+    sums: dict[str, Tensor] = {}
     count = 0
     for tb in mean_batches:
         got = capture(lm, tb.input_ids.to(lm.device), tb.attention_mask.to(lm.device), list(sites.values()))
@@ -75,9 +94,9 @@ def plan_downstream(
         count += int(keep.sum())
         for name, t in got.items():
             s = t.reshape(-1, t.shape[-1])[keep].double().sum(0)
-            sums[name] = s if sums[name] is None else sums[name] + s
+            sums[name] = s if name not in sums else sums[name] + s
     if count == 0:
-        raise UserError("no tokens to estimate the mean-ablation baseline: use more --batches")
+        raise UserError("no tokens to estimate the mean-ablation baseline: use more `data.batches`")
     means = {name: (s / count).float() for name, s in sums.items()}
     plan = SplicePlan(
         head=head,
@@ -104,7 +123,7 @@ def plan_downstream(
         acc.notes.append(
             "the reconstruction replaces the site at kept positions only (BOS, PAD and EOS keep their clean values)"
         )
-        run.accumulators["downstream"] = acc
+        plan.downstream[run.name] = acc
     return plan
 
 
@@ -117,7 +136,7 @@ def _chunks(items: list, size: int) -> Iterable[list]:
 def downstream_batch(
     lm: LanguageModel,
     plan: SplicePlan,
-    runs: list,
+    runs: list[TranscoderRun],
     tb: TokenBatch,
     clean: CleanForward,
     recon: dict[str, TranscoderBatch],
@@ -138,11 +157,11 @@ def downstream_batch(
     targets: dict[tuple, tuple] = {}
     consumers: dict[tuple, list[tuple[Downstream, str]]] = defaultdict(list)
     for run in runs:
-        acc = run.accumulators["downstream"]
+        acc = plan.downstream[run.name]
         y = recon[run.name].y
         site = run.output_site.name
         for kind, column in (("zero", ZERO), ("mean", MEAN)):
-            key = (kind, site)
+            key: tuple[str, ...] | tuple[str, str, int] = (kind, site)
             if key not in targets:
                 value = torch.zeros_like(y) if kind == "zero" else plan.site_means[site].expand_as(y)
                 targets[key] = (y, value, run)
@@ -177,7 +196,7 @@ def downstream_batch(
     clean_rows = clean.final_hidden.reshape(-1, d)[rows]
     vocab = lm.model.get_output_embeddings().weight.shape[0]
     step = max(1, HEAD_CHUNK_ELEMENTS // vocab)
-    accs = [run.accumulators["downstream"] for run in runs]
+    accs = [plan.downstream[run.name] for run in runs]
     for start in range(0, rows.numel(), step):
         sl = slice(start, start + step)
         clean_next = CleanNextToken(plan.head(clean_rows[sl]), labels[sl])

@@ -1,0 +1,82 @@
+"""What several commands share: output folders, ``NAME=SPEC`` transcoders, and writing + printing outputs."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from transcoderbench.errors import UserError
+from transcoderbench.evaluate import EvaluationResult
+from transcoderbench.report.comparison import comparison_record, comparison_summary
+from transcoderbench.report.html import add_report
+from transcoderbench.report.outputs import write_files
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def default_eval_dir(checkpoint: str) -> Path:
+    """``PATH/interpretability_eval`` for a local checkpoint (the seed's default), else under the cwd."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        return path / "interpretability_eval"
+    if path.is_file():
+        return path.parent / "interpretability_eval"
+    return Path("interpretability_eval") / re.sub(r"[^A-Za-z0-9._-]+", "_", checkpoint)
+
+
+def check_output_dir(path: Path, flag: str = "--output_dir") -> Path:
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} exists and is not a directory: choose another {flag}")
+    return path
+
+
+def named_specs(pairs: Sequence[tuple[str, str, str]], items: Sequence[str] | None) -> dict[str, str]:
+    """``name -> spec`` from fixed ``(name, spec, flag)`` pairs plus ``--transcoder NAME=SPEC`` items.
+
+    Names must be distinct and made of letters, digits, ``.``, ``_`` and ``-`` (they become file names).
+    """
+    all_pairs = list(pairs)
+    for item in items or []:
+        name, sep, spec = item.partition("=")
+        if not sep or not name or not spec or not NAME_PATTERN.fullmatch(name):
+            raise UserError(f"--transcoder {item!r}: expected NAME=SPEC with NAME made of letters, digits, . _ -")
+        all_pairs.append((name, spec, "--transcoder"))
+    specs: dict[str, str] = {}
+    for name, spec, flag in all_pairs:
+        if name in specs:
+            raise UserError(f"{flag}: the name {name!r} is used twice; give each transcoder its own name")
+        specs[name] = spec
+    return specs
+
+
+def comparison_files(result: EvaluationResult) -> dict[str, Any]:
+    """The files of a comparison: ``NAME_metrics.json`` per transcoder, comparison.json, summary.txt."""
+    files: dict[str, Any] = {f"{name}_metrics.json": {"meta": result.meta, **m} for name, m in result.metrics.items()}
+    files["comparison.json"] = comparison_record(result.meta, result.metrics)
+    files["summary.txt"] = comparison_summary(result.meta, result.metrics)
+    return files
+
+
+def write_outputs(
+    out_dir: Path,
+    files: dict[str, Any],
+    result: EvaluationResult | None = None,
+    *,
+    comparison: dict[str, Any] | None = None,
+    show: bool = True,
+) -> list[Path]:
+    """Add report.html (when ``result`` is given), write every file atomically, and print where they went."""
+    if result is not None:
+        files = add_report(files, result.meta, result.metrics, comparison)
+    paths = write_files(out_dir, files)
+    if show:
+        print_outputs(paths)
+    return paths
+
+
+def print_outputs(paths: Sequence[Path]) -> None:
+    print("wrote:")
+    for p in paths:
+        print(f"  {p}")
