@@ -19,7 +19,7 @@ from transcoderbench.cli import main
 from transcoderbench.errors import UserError
 from transcoderbench.evaluation import evaluate_transcoders
 from transcoderbench.formats import load_transcoder
-from transcoderbench.formats.common import load_safetensors
+from transcoderbench.io import load_safetensors
 from transcoderbench.options import DataOptions, DownstreamOptions
 from transcoderbench.train import TrainConfig, TranscoderTrainer, train
 from transcoderbench.train.buffer import ActivationBuffer

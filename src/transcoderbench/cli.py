@@ -81,8 +81,8 @@ def check_output_dir(path: Path, flag: str = "--output_dir") -> Path:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from transcoderbench.evaluation import evaluate_transcoders, load_transcoders
+    from transcoderbench.io import write_files
     from transcoderbench.report.html import add_report
-    from transcoderbench.report.outputs import write_files
     from transcoderbench.report.summary import evaluation_summary
 
     out_dir = check_output_dir(Path(args.output_dir) if args.output_dir else default_eval_dir(args.checkpoint))
@@ -126,9 +126,9 @@ def parse_named_specs(args: argparse.Namespace) -> dict[str, str]:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from transcoderbench.evaluation import evaluate_transcoders, load_transcoders
+    from transcoderbench.io import write_files
     from transcoderbench.report.comparison import comparison_record, comparison_summary
     from transcoderbench.report.html import add_report
-    from transcoderbench.report.outputs import write_files
 
     out_dir = check_output_dir(Path(args.output_dir))
     specs = parse_named_specs(args)

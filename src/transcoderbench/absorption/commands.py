@@ -97,8 +97,8 @@ def cmd_absorption(args: argparse.Namespace) -> int:
         load_transcoders,
         package_versions,
     )
+    from transcoderbench.io import write_files
     from transcoderbench.lm import load_language_model
-    from transcoderbench.report.outputs import write_files
 
     options: AbsorptionOptions = options_from(args, AbsorptionOptions)
     options.check()

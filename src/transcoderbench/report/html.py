@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from transcoderbench.errors import UserError
+from transcoderbench.io import json_ready, write_files
 from transcoderbench.report.catalog import (
     METRICS,
     PREFIX_COLUMNS,
@@ -24,7 +25,6 @@ from transcoderbench.report.catalog import (
     prefix_rows,
 )
 from transcoderbench.report.comparison import comparison_record
-from transcoderbench.report.outputs import json_ready, write_files
 from transcoderbench.report.plots import all_plots
 from transcoderbench.report.suggestions import THRESHOLD_SOURCES, THRESHOLDS, suggest
 from transcoderbench.report.summary import (

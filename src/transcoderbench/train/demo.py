@@ -88,11 +88,11 @@ def run_demo(
     """
     from transcoderbench.evaluation import evaluate_transcoders
     from transcoderbench.formats import load_transcoder
+    from transcoderbench.io import write_files
     from transcoderbench.lm import load_language_model
     from transcoderbench.options import DataOptions, DownstreamOptions
     from transcoderbench.report.comparison import comparison_record, comparison_summary
     from transcoderbench.report.html import add_report
-    from transcoderbench.report.outputs import write_files
     from transcoderbench.train.trainer import train
 
     out = Path(output_dir)
