@@ -137,6 +137,24 @@ def _exact_or_tl(hf: Any, tl: Any, hf_key: str, tl_key: str, notes: list[str]) -
     return tl
 
 
+_WRITTEN_SITES = re.compile(r"hook_(resid_pre|resid_mid|resid_post|mlp_in|mlp_out|attn_out)$")
+
+
+def _refuse_centred_writing(kwargs: Any, sites: tuple[str, str], cfg_path: Path) -> None:
+    """TransformerLens' ``center_writing_weights`` mean-centres every token of the residual stream and
+    of mlp_out/attn_out; the plain Hugging Face model here does not, so such an SAE would be read at
+    a different tensor. Refused rather than approximated."""
+    if not isinstance(kwargs, dict) or not kwargs.get("center_writing_weights"):
+        return
+    bad = [s for s in sites if _WRITTEN_SITES.search(s)]
+    if bad:
+        raise UserError(
+            f"{cfg_path}: model_from_pretrained_kwargs.center_writing_weights is true, so {bad[0]} was read from "
+            "TransformerLens' mean-centred residual stream, which the Hugging Face model does not compute; "
+            "transcoderbench refuses it rather than report numbers at a different tensor"
+        )
+
+
 def load_saelens(directory: Path, *, device: str = "cpu") -> Transcoder:
     """A SAELens SAE or transcoder directory as one of our transcoders (same outputs)."""
     cfg_path, w_path = directory / CFG, directory / WEIGHTS
@@ -158,6 +176,7 @@ def load_saelens(directory: Path, *, device: str = "cpu") -> Transcoder:
     ours = meta.get("transcoderbench") if isinstance(meta.get("transcoderbench"), dict) else {}
 
     hook_in, hook_out = _hooks(cfg, get, ours, is_tc, cfg_path, notes)
+    _refuse_centred_writing(get("model_from_pretrained_kwargs"), (hook_in, hook_out), cfg_path)
     if str(cfg.get("reshape_activations") or "none") != "none":
         raise UserError(
             f"{cfg_path}: reshape_activations {cfg['reshape_activations']!r} (attention-head SAEs) is not supported"
