@@ -204,9 +204,10 @@ def atomic_directory(target: Path, *, replaceable: Callable[[Path], bool], kind:
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; give it normal permissions
         yield tmp
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
         swap_in(tmp, target)
 
 
