@@ -280,8 +280,12 @@ def _load(path: Path, *, select: Select, device: str, repo: str | None, notes: l
 
 
 def _hub(files: list[str], sub: str, *, repo: str, select: Select) -> HubChoice | None:
+    """``config.yaml`` and, when ``select.layer`` is given, that layer's conventional ``layer_L.safetensors``."""
     needed = in_prefix(files, sub, (CONFIG,))
-    return HubChoice(needed, sub or ".") if needed else None
+    if not needed:
+        return None
+    layer_file = in_prefix(files, sub, (f"layer_{select.layer}.safetensors",)) if select.layer is not None else None
+    return HubChoice((layer_file or []) + needed, sub or ".")
 
 
 def _save(transcoders: list[Transcoder], directory: Path, **options: Any) -> Path:
