@@ -252,7 +252,7 @@ def load_legacy(path: Path, *, layer: int | None = None, device: str = "cpu") ->
         "notes": notes,
         "training": cfg,
     }
-    common = dict(
+    common: dict[str, Any] = dict(
         source=ckpt, input_site=input_site, output_site=output_site, info=info, device=device, input_unit_norm=unit_norm
     )
     if per_token_topk:

@@ -87,7 +87,7 @@ def pre_6_0_config(cfg: dict[str, Any], cfg_path: Path, notes: list[str]) -> dic
     if new.get("architecture") is None:
         new["architecture"] = "standard"
     act = str(new.get("activation_fn") or "relu").lower()
-    kwargs = new.get("activation_fn_kwargs") if isinstance(new.get("activation_fn_kwargs"), dict) else {}
+    kwargs: dict[str, Any] = new["activation_fn_kwargs"] if isinstance(new.get("activation_fn_kwargs"), dict) else {}
     if act == "topk" and new["architecture"] in ("standard", "topk"):
         if kwargs.get("k") is None and new.get("k") is None:
             raise UserError(f"{cfg_path}: activation_fn topk without activation_fn_kwargs.k; add k to the config")
@@ -159,7 +159,7 @@ def load_saelens(directory: Path, *, device: str = "cpu") -> Transcoder:
     """A SAELens SAE or transcoder directory as one of our transcoders (same outputs)."""
     cfg_path, w_path = directory / CFG, directory / WEIGHTS
     cfg = read_json(cfg_path)
-    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    meta: dict[str, Any] = cfg["metadata"] if isinstance(cfg.get("metadata"), dict) else {}
     notes: list[str] = []
     if _version_below_6(cfg, meta):
         cfg = pre_6_0_config(cfg, cfg_path, notes)
@@ -173,7 +173,7 @@ def load_saelens(directory: Path, *, device: str = "cpu") -> Transcoder:
             f"{cfg_path}: SAELens architecture {arch!r} is not supported; supported: {', '.join(SUPPORTED)}"
         )
     is_tc = arch in _TRANSCODERS
-    ours = meta.get("transcoderbench") if isinstance(meta.get("transcoderbench"), dict) else {}
+    ours: dict[str, Any] = meta["transcoderbench"] if isinstance(meta.get("transcoderbench"), dict) else {}
 
     hook_in, hook_out = _hooks(cfg, get, ours, is_tc, cfg_path, notes)
     _refuse_centred_writing(get("model_from_pretrained_kwargs"), (hook_in, hook_out), cfg_path)

@@ -129,8 +129,9 @@ class Transcoder(nn.Module):
         return self._finish(f @ self.W_dec + self.b_dec, x)
 
     def _finish(self, y: Tensor, x: Tensor) -> Tensor:
-        if self.input_unit_norm or self.constant_norm_rescale:
-            _, (mean, std) = self.standardize(x)
+        _, stats = self.standardize(x)
+        if stats is not None:
+            mean, std = stats
             y = y * std + mean
         if self.W_skip is not None:
             y = y + x @ self.W_skip
@@ -151,7 +152,7 @@ class Transcoder(nn.Module):
         return {}
 
     def tensors(self) -> dict[str, Tensor]:
-        out = {"W_enc": self.W_enc, "b_enc": self.b_enc, "W_dec": self.W_dec, "b_dec": self.b_dec}
+        out: dict[str, Tensor] = {"W_enc": self.W_enc, "b_enc": self.b_enc, "W_dec": self.W_dec, "b_dec": self.b_dec}
         if self.W_skip is not None:
             out["W_skip"] = self.W_skip
         out.update(self.extra_tensors())

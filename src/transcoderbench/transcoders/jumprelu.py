@@ -23,6 +23,7 @@ class JumpReLUTranscoder(Transcoder):
         super().__init__(*args, **kwargs)
         if tuple(threshold.shape) != (self.d_sae,):
             raise ValueError(f"threshold has shape {tuple(threshold.shape)}, expected [{self.d_sae}]")
+        self.threshold: Tensor
         self.register_buffer("threshold", threshold.detach().clone().to(self.W_enc.dtype))
 
     def activation(self, pre: Tensor) -> Tensor:
