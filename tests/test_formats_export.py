@@ -300,14 +300,13 @@ def test_circuit_tracer_export_refusals(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]
 
 
-def test_circuit_tracer_negative_thresholds_on_read_are_refused(tmp_path):
+def test_circuit_tracer_negative_thresholds_are_read_exactly(tmp_path):
     t = ct_layer_tensors(0)
-    t["activation_function.threshold"][0] = -0.1
-    d = write_ct(tmp_path / "ct", [t])
-    with pytest.raises(
-        UserError, match="negative JumpReLU thresholds; circuit-tracer computes x \\* \\(x > threshold\\)"
-    ):
-        load_transcoder(str(d))
+    t["activation_function.threshold"][:10] = -0.4  # x * (x > t) lets negatives through
+    tc = load_transcoder(str(write_ct(tmp_path / "ct", [t])))
+    x = torch.randn(50, D, generator=torch.Generator().manual_seed(8))
+    assert bool((tc.encode(x) < 0).any())
+    torch.testing.assert_close(tc(x)[0], ct_reference(t, x), rtol=1e-5, atol=1e-4)
 
 
 # -------------------------------------------------------------------------- export API

@@ -233,6 +233,7 @@ def test_gemma_scope_negative_threshold_follows_googles_reference(tmp_path):
     got = tc.encode(x).double()
     torch.testing.assert_close(got, google, rtol=1e-5, atol=1e-6)
     assert bool((got >= 0).all())
+    assert any("48 negative thresholds raised to 0" in n for n in tc.info["notes"])
     assert float((pre * (pre > -0.5) - google).abs().max()) > 0.01  # the old formula differs
 
 

@@ -102,16 +102,11 @@ def test_export_refuses_what_saelens_cannot_express(tmp_path):
         export_saelens(make("topk"), tmp_path / "a")
     with pytest.raises(UserError, match="input_unit_norm cannot be expressed"):
         export_saelens(make("batchtopk", unit_norm=True), tmp_path / "b")
-    assert not any(tmp_path.iterdir())  # nothing half-written
-
-
-def test_negative_jumprelu_thresholds_export_as_they_are(tmp_path):
-    # JumpReLU here is relu(pre) * (pre > threshold), as in SAELens (issue 9): nothing to refuse.
     tc = make("jumprelu")
     tc.threshold[3] = -0.5
-    back = load_transcoder(str(export_saelens(tc, tmp_path / "c")))
-    x = torch.from_numpy(inputs())
-    torch.testing.assert_close(back(x)[0], tc(x)[0])
+    with pytest.raises(UserError, match="negative JumpReLU thresholds"):
+        export_saelens(tc, tmp_path / "c")
+    assert not any(tmp_path.iterdir())  # nothing half-written
 
 
 # --------------------------------------------------------- SAELens files written by hand

@@ -85,25 +85,6 @@ def test_saelens_constant_norm_rescale_both_ways(tmp_path):
         torch.testing.assert_close(again(x), ours(x)[0], **TOL)
 
 
-def test_saelens_computes_our_negative_jumprelu_thresholds(tmp_path):
-    sae_lens = pytest.importorskip("sae_lens")
-    g = torch.Generator().manual_seed(5)
-    tc = JumpReLUTranscoder(
-        torch.randn(D, S, generator=g) * 0.5,
-        torch.randn(S, generator=g) * 0.1,
-        torch.randn(S, D, generator=g) * 0.3,
-        torch.randn(D, generator=g) * 0.1,
-        input_site="blocks.3.ln2.hook_normalized",
-        output_site="blocks.3.hook_mlp_out",
-        threshold=torch.rand(S, generator=g) - 0.5,  # half negative
-    )
-    theirs = sae_lens.SAE.load_from_disk(str(export(tc, "saelens", tmp_path / "s")))
-    x = inputs() * 0.2
-    with torch.no_grad():
-        torch.testing.assert_close(theirs.encode(x), tc.encode(x), **TOL)
-        torch.testing.assert_close(theirs(x), tc(x)[0], **TOL)
-
-
 def test_saelens_reads_pre_6_topk_config_as_we_do(tmp_path):
     """A SAELens 5.x TopK layout: SAELens's own loader and ours give the same function (L0 <= k)."""
     sae_lens = pytest.importorskip("sae_lens")
@@ -207,6 +188,27 @@ def test_circuit_tracer_loads_our_matryoshka_set(tmp_path, skip):
             theirs = tset[layer]
             torch.testing.assert_close(theirs.encode(x), tc.encode(x), **TOL)
             torch.testing.assert_close(theirs.decode(theirs.encode(x), x), tc(x)[0], **TOL)
+
+
+def test_circuit_tracer_computes_our_negative_jumprelu_thresholds(tmp_path):
+    pytest.importorskip("circuit_tracer")
+    g = torch.Generator().manual_seed(5)
+    tc = JumpReLUTranscoder(
+        torch.randn(D, S, generator=g) * 0.5,
+        torch.randn(S, generator=g) * 0.1,
+        torch.randn(S, D, generator=g) * 0.3,
+        torch.randn(D, generator=g) * 0.1,
+        input_site="blocks.0.hook_resid_mid",
+        output_site="blocks.0.hook_mlp_out",
+        threshold=torch.rand(S, generator=g) - 0.5,  # half negative: negative activations pass
+        info={"model_name": "m"},
+    )
+    theirs = _load_set(export([tc], "circuit_tracer", tmp_path / "set"))[0]
+    x = inputs() * 0.2
+    with torch.no_grad():
+        assert bool((tc.encode(x) < 0).any())
+        torch.testing.assert_close(theirs.encode(x), tc.encode(x), **TOL)
+        torch.testing.assert_close(theirs.decode(theirs.encode(x), x), tc(x)[0], **TOL)
 
 
 def test_circuit_tracer_saved_transcoders_load_here(tmp_path):

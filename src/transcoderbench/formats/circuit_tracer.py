@@ -111,11 +111,6 @@ def load_ct(directory: Path, *, layer: int | None, device: str = "cpu", notes: l
     if threshold is None:
         threshold = torch.zeros(tensors["W_enc"].shape[1])
         notes.append("no activation_function.threshold: ReLU, read as JumpReLU with threshold 0 (the same function)")
-    elif (threshold < 0).any():
-        raise UserError(
-            f"{w_path}: negative JumpReLU thresholds; circuit-tracer computes x * (x > threshold), which lets negative "
-            "pre-activations through, and transcoderbench's JumpReLU applies a ReLU first"
-        )
     ours: dict[str, Any] = cfg["transcoderbench"] if isinstance(cfg.get("transcoderbench"), dict) else {}
     per_layer = (ours.get("layers") or {}).get(str(layer), {}) if isinstance(ours.get("layers"), dict) else {}
     input_site = per_layer.get("input_site") or f"blocks.{layer}.{cfg['feature_input_hook']}"
@@ -259,9 +254,9 @@ def _layer_tensors(tc: Transcoder) -> dict[str, torch.Tensor]:
     f32 = {k: v.detach().to("cpu", torch.float32) for k, v in tc.tensors().items()}
     out = {"W_enc": f32["W_enc"].T.contiguous(), "b_enc": f32["b_enc"], "W_dec": f32["W_dec"], "b_dec": f32["b_dec"]}
     if isinstance(tc, JumpReLUTranscoder):
-        # relu(pre) * (pre > t) == pre * (pre > max(t, 0)), which is what circuit-tracer computes
-        out[THRESHOLD] = f32["threshold"].clamp(min=0)
+        out[THRESHOLD] = f32["threshold"]  # both compute pre * (pre > threshold)
     else:
+        # BatchTopK: relu(pre) * (relu(pre) > t) == pre * (pre > max(t, 0))
         out[THRESHOLD] = torch.full((tc.d_sae,), max(float(f32["threshold"]), 0.0))
     if tc.W_skip is not None:
         out["W_skip"] = f32["W_skip"].T.contiguous()

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
+
 from transcoderbench.errors import UserError
 from transcoderbench.formats.common import as_bool, as_int, build, check_shapes, require_keys, to_float32
 from transcoderbench.formats.registry import Entry, HubChoice, Select, in_prefix
@@ -173,6 +175,18 @@ def _listing(values: list[Any]) -> str:
     return ", ".join(map(str, values))
 
 
+def relu_first(threshold: Tensor, notes: list[str]) -> Tensor:
+    """Google's reference computes ``relu(pre) * (pre > threshold)``; with thresholds raised to 0,
+    our ``pre * (pre > threshold)`` is exactly that."""
+    if (threshold < 0).any():
+        notes.append(
+            f"{int((threshold < 0).sum())} negative thresholds raised to 0: Google's reference computes "
+            "relu(pre) * (pre > threshold)"
+        )
+        return threshold.clamp(min=0)
+    return threshold
+
+
 # ------------------------------------------------------------------------ Gemma Scope 1
 def gs1_model_name(repo: str | None) -> str:
     m = _GS1_REPO.match(repo or "")
@@ -224,7 +238,7 @@ def load_gs1_file(
     if model_name is None:
         model_name = GS1_MODEL
         notes.append(f"model_name {GS1_MODEL} assumed: Gemma Scope 1 transcoders are trained on it")
-    threshold = tensors.pop("threshold")
+    threshold = relu_first(tensors.pop("threshold"), notes)
     info = {
         "format": "gemma_scope_1",
         "source": source or str(path),
@@ -354,7 +368,7 @@ def load_gs2_folder(
         m = re.search(r"layer_(\d+)", folder.as_posix())
         layer = int(m.group(1)) if m else None
     training = {k: cfg[k] for k in ("width", "l0", "type", "affine_connection", "architecture") if k in cfg}
-    threshold = tensors.pop("threshold")
+    threshold = relu_first(tensors.pop("threshold"), notes)
     info = {
         "format": "gemma_scope_2",
         "source": source or str(folder),

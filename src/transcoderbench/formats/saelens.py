@@ -342,7 +342,8 @@ def export_saelens(transcoder: Transcoder, directory: str | Path) -> Path:
         if k in ("W_enc", "b_enc", "W_dec", "b_dec")
     }
     if isinstance(tc, JumpReLUTranscoder):
-        # Both compute relu(pre) * (pre > threshold), so negative thresholds carry over as they are.
+        if (tc.threshold < 0).any():
+            raise refuse("it has negative JumpReLU thresholds, which SAELens's ReLU-then-mask cannot reproduce")
         tensors["threshold"] = tc.threshold.detach().to("cpu", torch.float32)
     elif isinstance(tc, BatchTopKTranscoder):
         tensors["threshold"] = torch.full((tc.d_sae,), float(tc.threshold), dtype=torch.float32)

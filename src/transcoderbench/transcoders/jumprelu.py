@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from transcoderbench.transcoders.base import Transcoder
 
 
 class JumpReLUTranscoder(Transcoder):
-    """``f = relu(pre) * (pre > threshold)`` per latent; ``y = f @ W_dec + b_dec (+ x @ W_skip)``.
+    """``f = pre * (pre > threshold)`` per latent; ``y = f @ W_dec + b_dec (+ x @ W_skip)``.
 
-    The ReLU is Google's reference (and SAELens's): it changes nothing for thresholds >= 0, and
-    keeps a negative threshold from letting negative pre-activations through.
+    With a negative threshold, negative pre-activations pass (as in circuit-tracer). Readers of
+    formats whose reference applies a ReLU first (Gemma Scope, SAELens) raise thresholds to 0,
+    which gives exactly ``relu(pre) * (pre > threshold)``.
     """
 
     architecture = "jumprelu"
@@ -27,7 +27,7 @@ class JumpReLUTranscoder(Transcoder):
         self.register_buffer("threshold", threshold.detach().clone().to(self.W_enc.dtype))
 
     def activation(self, pre: Tensor) -> Tensor:
-        return torch.relu(pre) * (pre > self.threshold)
+        return pre * (pre > self.threshold)
 
     def extra_tensors(self) -> dict[str, Tensor]:
         return {"threshold": self.threshold}
