@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast test-interop clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,17 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
+
+# Round trips against SAELens, sparsify and circuit-tracer themselves. circuit-tracer 0.5.0 pins
+# transformers<=4.57.3 and huggingface-hub<1, which this package's transformers 5 cannot meet, so it
+# is installed without its dependencies: its transcoder loader needs only torch, safetensors and
+# huggingface_hub, which are here already.
+CIRCUIT_TRACER_VERSION ?= 0.5.0
+
+test-interop: setup
+	$(PY) -m pip install --quiet -e ".[test,interop]"
+	$(PY) -m pip install --quiet --no-deps circuit-tracer==$(CIRCUIT_TRACER_VERSION)
+	$(PY) -m pytest -q tests/test_interop.py tests/test_formats_saelens.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

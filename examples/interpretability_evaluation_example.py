@@ -33,10 +33,10 @@ import torch  # noqa: E402
 from transcoderbench.config import DataConfig, DownstreamConfig, EvalConfig  # noqa: E402
 from transcoderbench.data import resolve_text_source, token_batches  # noqa: E402
 from transcoderbench.evaluate import evaluate_transcoders  # noqa: E402
+from transcoderbench.io import write_files  # noqa: E402
 from transcoderbench.lm import capture, load_language_model, resolve_site  # noqa: E402
 from transcoderbench.report.comparison import comparison_record, comparison_summary  # noqa: E402
 from transcoderbench.report.html import load_results, write_report  # noqa: E402
-from transcoderbench.report.outputs import write_files  # noqa: E402
 from transcoderbench.report.summary import evaluation_summary  # noqa: E402
 from transcoderbench.transcoders import MatryoshkaTranscoder, TopKTranscoder  # noqa: E402
 

@@ -15,7 +15,9 @@ import torch
 
 from transcoderbench.errors import UserError
 from transcoderbench.formats import detect_format, load_transcoder, save_native
-from transcoderbench.formats.common import atomic_directory, canonical_site, parse_value
+from transcoderbench.formats.common import parse_value
+from transcoderbench.io import atomic_directory
+from transcoderbench.lm.sites import canonical_site
 from transcoderbench.transcoders import BatchTopKTranscoder
 
 D_IN, D_SAE, D_OUT = 16, 48, 12

@@ -75,9 +75,9 @@ def test_gs1_file_without_a_layer_in_its_path(tmp_path):
         load_transcoder(str(path))
     tc = load_transcoder(str(path), layer=6)
     assert tc.output_site == "blocks.6.hook_mlp_out"
-    assert any("taken from --layer" in n for n in tc.info["notes"])
+    assert any("taken from select.layer" in n for n in tc.info["notes"])
     write_gs1_tree(tmp_path / "gs", {(2, "16k", 5): 1})
-    with pytest.raises(UserError, match="is the layer-2 transcoder but --layer 3 was given"):
+    with pytest.raises(UserError, match="is the layer-2 transcoder but select.layer is 3"):
         load_transcoder(str(tmp_path / "gs" / "layer_2" / "width_16k" / "average_l0_5" / "params.npz"), layer=3)
 
 
@@ -87,13 +87,13 @@ def test_gs1_snapshot_picks_layer_width_and_lowest_l0(tmp_path):
         root, {(17, "16k", 40): 1, (17, "16k", 12): 2, (17, "16k", 120): 3, (17, "65k", 9): 4, (5, "16k", 7): 5}
     )
     assert detect_format(str(root)) == "gemma_scope_1"
-    with pytest.raises(UserError, match=r"several layers \(5, 17\); pass --layer"):
+    with pytest.raises(UserError, match=r"several layers \(5, 17\); choose one with select.layer"):
         load_transcoder(str(root))
-    with pytest.raises(UserError, match=r"layer 17 has several widths \(16k, 65k\); pass --width"):
+    with pytest.raises(UserError, match=r"layer 17 has several widths \(16k, 65k\); choose one with select.width"):
         load_transcoder(str(root), layer=17)
     tc = load_transcoder(str(root), layer=17, width="16k")
     assert tc.info["training"]["average_l0"] == 12  # the lowest, not the first listed
-    assert "chose L0 variant 12, the lowest of 12, 40, 120 (pass --l0 to choose another)" in tc.info["notes"]
+    assert "chose L0 variant 12, the lowest of 12, 40, 120 (set select.l0 to choose another)" in tc.info["notes"]
     x = inputs()
     np.testing.assert_allclose(torch_out(tc, x), jumprelu_reference(x, gs_params(2)), rtol=1e-4, atol=1e-4)
     assert load_transcoder(str(root), layer=17, width="width_16k", l0=120).info["training"]["average_l0"] == 120
@@ -233,7 +233,9 @@ def test_gs2_snapshot_chooses_transcoders_and_lists_variants(tmp_path):
     )
     assert detect_format(str(root)) == "gemma_scope_2"
     tc = load_transcoder(str(root))
-    assert "chose L0 variant small, the lowest of small, medium, big (pass --l0 to choose another)" in tc.info["notes"]
+    assert (
+        "chose L0 variant small, the lowest of small, medium, big (set select.l0 to choose another)" in tc.info["notes"]
+    )
     assert torch.equal(tc.W_enc, torch.from_numpy(gs_params(1)["W_enc"]))
     assert torch.equal(load_transcoder(str(root), l0="big").W_enc, torch.from_numpy(gs_params(2)["W_enc"]))
     with pytest.raises(UserError, match="Gemma Scope 2 names its L0 variants small, medium, big"):
@@ -275,7 +277,7 @@ def test_gs1_hub_id_reads_only_the_chosen_file(offline_cache):
     # The subpath form names the variant directly.
     tc2 = load_transcoder(f"{GS1_REPO}/layer_17/width_16k/average_l0_12")
     assert torch.equal(tc2.W_dec, tc.W_dec)
-    with pytest.raises(UserError, match=r"several layers \(3, 17\); pass --layer"):
+    with pytest.raises(UserError, match=r"several layers \(3, 17\); choose one with select.layer"):
         load_transcoder(GS1_REPO)
     with pytest.raises(UserError, match="has no file or folder 'layer_99'"):
         load_transcoder(f"{GS1_REPO}/layer_99")

@@ -90,7 +90,9 @@ def test_three_layouts_match_the_seed_forward(tmp_path, layout):
     tc = load_transcoder(str(d))
     assert isinstance(tc, MatryoshkaTranscoder)
     assert tc.prefix_ends == (8, 24, 48)
-    assert (tc.input_site, tc.output_site) == ("blocks.8.hook_mlp_in", "blocks.8.hook_mlp_out")
+    # The seed's hook_mlp_in never fired: it trained on ln2.hook_normalized * ln2.w (issue 9).
+    assert (tc.input_site, tc.output_site) == ("blocks.8.ln2.hook_normalized_times_w", "blocks.8.hook_mlp_out")
+    assert any("the seed never trained on hook_mlp_in" in n for n in tc.info["notes"])
     assert tc.input_unit_norm and tc.k == 6
     x = inputs()
     ref = reference(x, state_dict(), [8, 24, 48], unit_norm=True)
@@ -180,15 +182,17 @@ def test_older_hook_names_with_a_layer(tmp_path):
     cfg = {k: v for k, v in SEED_CONFIG.items() if not k.endswith(("hook_point", "_layer"))}
     cfg.update(layer=17, source_site="mlp_in", target_site="mlp_out")
     tc = load_transcoder(str(write_seed_dir(tmp_path / "a", "sae.pt", cfg)))
-    assert (tc.input_site, tc.output_site) == ("blocks.17.hook_mlp_in", "blocks.17.hook_mlp_out")
+    assert (tc.input_site, tc.output_site) == ("blocks.17.ln2.hook_normalized_times_w", "blocks.17.hook_mlp_out")
     assert "config hook `mlp_in` (source_site) read as blocks.17.hook_mlp_in" in tc.info["notes"]
     assert tc.info["layer"] == 17
 
     # No layer anywhere in the config: --layer supplies it.
     del cfg["layer"]
     tc = load_transcoder(str(write_seed_dir(tmp_path / "b", "sae.pt", cfg)), layer=5)
-    assert tc.input_site == "blocks.5.hook_mlp_in"
-    with pytest.raises(UserError, match="names no layer and the config has none; pass --layer"):
+    assert tc.input_site == "blocks.5.ln2.hook_normalized_times_w"
+    with pytest.raises(
+        UserError, match="names no layer and the config has none; add layer to the config or set select.layer"
+    ):
         load_transcoder(str(tmp_path / "b"))
 
 
@@ -252,8 +256,9 @@ def test_missing_weights_are_listed(tmp_path):
 
 
 def test_shapes_against_config_and_each_other(tmp_path):
-    with pytest.raises(UserError, match=r"the config says d_sae=64 but the weights have d_sae=48"):
-        load_transcoder(str(write_seed_dir(tmp_path / "a", "sae.pt", {**SEED_CONFIG, "dict_size": 64})))
+    # The weights decide the width; a disagreeing dict_size is noted (issue 9), not refused.
+    tc = load_transcoder(str(write_seed_dir(tmp_path / "a", "sae.pt", {**SEED_CONFIG, "dict_size": 64})))
+    assert tc.d_sae == 48 and any("dict_size 64 disagrees with the weights (48 latents)" in n for n in tc.info["notes"])
     sd = state_dict()
     sd["W_dec"] = sd["W_dec"][:40]
     with pytest.raises(UserError, match=r"W_enc is \[16, 48\] \(\[d_in, d_sae\]\) but W_dec is \[40, 12\]"):

@@ -176,7 +176,7 @@ def test_corrupt_safetensors(tmp_path):
 def test_layer_flag_must_match_the_checkpoint(tmp_path):
     d, _, _ = _saved(tmp_path)
     assert load_transcoder(str(d), layer=3).info["layer"] == 3
-    with pytest.raises(UserError, match="is a layer-3 transcoder but --layer 17 was given"):
+    with pytest.raises(UserError, match="is a layer-3 transcoder but select.layer is 17"):
         load_transcoder(str(d), layer=17)
     assert "ignored for this native checkpoint" in load_transcoder(str(d), width="16k").info["notes"][-1]
 
@@ -186,7 +186,7 @@ def test_loads_onto_the_requested_device_as_float32(tmp_path):
     back = load_transcoder(str(save_native(tc, tmp_path / "f64")), device="cpu")
     assert back.W_enc.dtype == torch.float32
     assert any("float64" in n and "float32" in n for n in back.info["notes"])
-    with pytest.raises(UserError, match="--device 'nonsense'"):
+    with pytest.raises(UserError, match="device 'nonsense'"):
         load_transcoder(str(tmp_path / "f64"), device="nonsense")
 
 

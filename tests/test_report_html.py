@@ -16,9 +16,9 @@ from matplotlib.image import imread
 from test_report_compare import evaluate_pass, fitted_transcoders
 from transcoderbench.cli import main
 from transcoderbench.errors import UserError
+from transcoderbench.io import write_files
 from transcoderbench.report.comparison import comparison_record, comparison_summary
 from transcoderbench.report.html import build_report, load_results, write_report
-from transcoderbench.report.outputs import write_files
 from transcoderbench.report.summary import evaluation_summary
 
 #: What the absorption phase writes (its own module is tested elsewhere); used to check the report shows it.

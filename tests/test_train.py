@@ -20,7 +20,7 @@ from transcoderbench.config import DataConfig, DownstreamConfig, EvalConfig, Mod
 from transcoderbench.errors import UserError
 from transcoderbench.evaluate import evaluate_transcoders
 from transcoderbench.formats import load_transcoder
-from transcoderbench.formats.common import load_safetensors
+from transcoderbench.io import load_safetensors
 from transcoderbench.train import TrainConfig, TranscoderTrainer, train
 from transcoderbench.train.buffer import ActivationBuffer
 

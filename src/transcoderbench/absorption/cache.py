@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from transcoderbench.atomic import sibling_tempdir, swap_in
+from transcoderbench.io import sibling_tempdir, swap_in
 from transcoderbench.lm import LanguageModel, Site
 
 CACHE_VERSION = 1

@@ -9,9 +9,9 @@ from typing import Any
 
 from transcoderbench.errors import UserError
 from transcoderbench.evaluate import EvaluationResult
+from transcoderbench.io import write_files
 from transcoderbench.report.comparison import comparison_record, comparison_summary
 from transcoderbench.report.html import add_report
-from transcoderbench.report.outputs import write_files
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
 

@@ -23,21 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
+
 from transcoderbench.errors import UserError
-from transcoderbench.formats.common import (
-    as_bool,
-    as_int,
-    build,
-    check_shapes,
-    download_hub_file,
-    layer_of_site,
-    load_npz,
-    load_safetensors,
-    read_json,
-    require_keys,
-    revision_of,
-    to_float32,
-)
+from transcoderbench.formats.common import as_bool, as_int, build, check_shapes, require_keys, to_float32
+from transcoderbench.formats.registry import Entry, HubChoice, Select, in_prefix
+from transcoderbench.io import load_npz, load_safetensors, read_json
+from transcoderbench.lm.sites import layer_of_site
 from transcoderbench.transcoders import JumpReLUTranscoder, Transcoder
 
 GS1_REPO = "google/gemma-scope-2b-pt-transcoders"
@@ -126,7 +118,9 @@ def choose(
         if not cands:
             raise UserError(f"{where}: no transcoder for layer {layer}; available layers: {_listing(layers)}")
     elif len(layers) > 1:
-        raise UserError(f"{where}: holds transcoders for several layers ({_listing(layers)}); pass --layer")
+        raise UserError(
+            f"{where}: holds transcoders for several layers ({_listing(layers)}); choose one with select.layer"
+        )
     chosen_layer = cands[0].layer
 
     widths = sorted({c.width for c in cands}, key=lambda w: (width_value(w) or 0, w))
@@ -135,10 +129,12 @@ def choose(
         cands = [c for c in cands if want is not None and width_value(c.width) == want]
         if not cands:
             raise UserError(
-                f"{where}: no width {width!r} for layer {chosen_layer}; available widths: {', '.join(widths)} (pass --width)"
+                f"{where}: no width {width!r} for layer {chosen_layer}; available widths: {', '.join(widths)} (select.width)"
             )
     elif len(widths) > 1:
-        raise UserError(f"{where}: layer {chosen_layer} has several widths ({', '.join(widths)}); pass --width")
+        raise UserError(
+            f"{where}: layer {chosen_layer} has several widths ({', '.join(widths)}); choose one with select.width"
+        )
 
     if gs2:
         if len({c.variant for c in cands}) > 1:
@@ -154,22 +150,22 @@ def choose(
         if gs2:
             if isinstance(l0, int) or str(l0).isdigit():
                 raise UserError(
-                    f"{where}: Gemma Scope 2 names its L0 variants {', '.join(map(str, l0s))}; pass --l0 with one of them"
+                    f"{where}: Gemma Scope 2 names its L0 variants {', '.join(map(str, l0s))}; set select.l0 to one of them"
                 )
             want_l0 = str(l0).strip().lower()
         else:
             try:
                 want_l0 = int(str(l0).strip())
             except ValueError:
-                raise UserError(f"--l0 {l0!r}: Gemma Scope 1 L0 variants are numbers: {_listing(l0s)}") from None
+                raise UserError(f"select.l0 {l0!r}: Gemma Scope 1 L0 variants are numbers: {_listing(l0s)}") from None
         cands = [c for c in cands if c.l0 == want_l0]
         if not cands:
             raise UserError(
-                f"{where}: no L0 variant {l0!r} for layer {chosen_layer}; available: {_listing(l0s)} (pass --l0)"
+                f"{where}: no L0 variant {l0!r} for layer {chosen_layer}; available: {_listing(l0s)} (select.l0)"
             )
     elif len(l0s) > 1:
         cands = [c for c in cands if c.l0 == l0s[0]]
-        notes.append(f"chose L0 variant {l0s[0]}, the lowest of {_listing(l0s)} (pass --l0 to choose another)")
+        notes.append(f"chose L0 variant {l0s[0]}, the lowest of {_listing(l0s)} (set select.l0 to choose another)")
     if len(cands) > 1:  # same layer/width/L0 reachable twice, e.g. two categories in a snapshot
         raise UserError(f"{where}: several files match ({', '.join(c.path for c in cands)}); pass one file or folder")
     return cands[0], notes
@@ -177,6 +173,18 @@ def choose(
 
 def _listing(values: list[Any]) -> str:
     return ", ".join(map(str, values))
+
+
+def relu_first(threshold: Tensor, notes: list[str]) -> Tensor:
+    """Google's reference computes ``relu(pre) * (pre > threshold)``; with thresholds raised to 0,
+    our ``pre * (pre > threshold)`` is exactly that."""
+    if (threshold < 0).any():
+        notes.append(
+            f"{int((threshold < 0).sum())} negative thresholds raised to 0: Google's reference computes "
+            "relu(pre) * (pre > threshold)"
+        )
+        return threshold.clamp(min=0)
+    return threshold
 
 
 # ------------------------------------------------------------------------ Gemma Scope 1
@@ -214,12 +222,12 @@ def load_gs1_file(
     m = re.search(r"(?:^|/)layer_(\d+)(?:/|$)", posix)
     path_layer = int(m.group(1)) if m else None
     if path_layer is not None and layer is not None and path_layer != layer:
-        raise UserError(f"{path}: is the layer-{path_layer} transcoder but --layer {layer} was given; pick one")
+        raise UserError(f"{path}: is the layer-{path_layer} transcoder but select.layer is {layer}; pick one")
     the_layer = path_layer if path_layer is not None else layer
     if the_layer is None:
-        raise UserError(f"{path}: its path names no layer (layer_L/...); pass --layer")
+        raise UserError(f"{path}: its path names no layer (layer_L/...); set select.layer")
     if path_layer is None:
-        notes.append(f"layer {the_layer} taken from --layer (the file's path names none)")
+        notes.append(f"layer {the_layer} taken from select.layer (the file's path names none)")
     width = re.search(r"(?:^|/)width_([^/]+)/", posix)
     l0 = re.search(r"(?:^|/)average_l0_(\d+)/", posix)
     training: dict[str, Any] = {"d_sae": int(tensors["W_enc"].shape[1])}
@@ -230,7 +238,7 @@ def load_gs1_file(
     if model_name is None:
         model_name = GS1_MODEL
         notes.append(f"model_name {GS1_MODEL} assumed: Gemma Scope 1 transcoders are trained on it")
-    threshold = tensors.pop("threshold")
+    threshold = relu_first(tensors.pop("threshold"), notes)
     info = {
         "format": "gemma_scope_1",
         "source": source or str(path),
@@ -278,6 +286,23 @@ def load_gs1_dir(
 def gs2_model_name(repo: str | None) -> str | None:
     m = _GS2_REPO.match(repo or "")
     return f"google/gemma-3-{m.group('size')}-{m.group('variant')}" if m else None
+
+
+def normalize_gs2_model_name(name: Any, notes: list[str]) -> str | None:
+    """Gemma Scope 2 configs' ``model_name`` as a Hugging Face id, exactly as SAELens normalises it.
+
+    ``gemma-v3-1b-pt`` -> ``google/gemma-3-1b-pt``; ``gemma-v3-270m-pt`` -> ``google/gemma-3-270m``
+    (that model's repo has no ``-pt`` suffix).
+    """
+    if not isinstance(name, str) or not name:
+        return None
+    new = name if "google" in name else "google/" + name
+    new = new.replace("-v3", "-3")
+    if "270m" in new:
+        new = new.replace("-pt", "")
+    if new != name:
+        notes.append(f"model_name {name!r} read as {new!r} (normalised as SAELens does)")
+    return new
 
 
 def is_gs2_folder(directory: Path) -> bool:
@@ -337,13 +362,13 @@ def load_gs2_folder(
     notes += dnotes
     check_shapes(tensors, w_path, d_sae=as_int(cfg.get("width"), key="width", source=cfg_path), threshold="vector")
 
-    model_name = cfg.get("model_name") or gs2_model_name(repo)
+    model_name = normalize_gs2_model_name(cfg.get("model_name"), notes) or gs2_model_name(repo)
     layer = layer_of_site(hook_in)
     if layer is None:
         m = re.search(r"layer_(\d+)", folder.as_posix())
         layer = int(m.group(1)) if m else None
     training = {k: cfg[k] for k in ("width", "l0", "type", "affine_connection", "architecture") if k in cfg}
-    threshold = tensors.pop("threshold")
+    threshold = relu_first(tensors.pop("threshold"), notes)
     info = {
         "format": "gemma_scope_2",
         "source": source or str(folder),
@@ -386,53 +411,65 @@ def load_gs2_dir(
     return load_gs2_folder(Path(chosen.path).parent, device=device, notes=notes)
 
 
-# --------------------------------------------------------------------------- hub ids
-def hub_kind(repo: str, files: list[str]) -> str | None:
-    """``"gemma_scope_1"``/``"gemma_scope_2"`` from the repo name, else from its file layout."""
-    if _GS1_REPO.match(repo) or any(gs1_candidate(f) for f in files):
-        return "gemma_scope_1"
-    if _GS2_REPO.match(repo) or any(gs2_candidate(f) for f in files):
-        return "gemma_scope_2"
-    return None
+# ------------------------------------------------------------------ registry entries
+def _gs1_detect(path: Path) -> bool:
+    return path.suffix.lower() == ".npz" if path.is_file() else is_gs1_dir(path)
 
 
-def load_gs_from_hub(
-    spec: str,
-    repo: str,
-    revision: str | None,
-    sub: str,
-    files: list[str],
-    kind: str,
-    *,
-    layer: int | None,
-    width: str | None,
-    l0: int | str | None,
-    device: str,
-    notes: list[str],
-) -> Transcoder:
-    """Choose inside the repo's file list, then fetch only what that choice needs."""
-    where = f"{repo}/{sub}" if sub else repo
-    if kind == "gemma_scope_1":
-        cands = [c for c in map(gs1_candidate, files) if c]
-        chosen, more = choose(cands, layer=layer, width=width, l0=l0, where=where, gs2=False)
-        local = download_hub_file(spec, repo, chosen.path, revision)
-        tc = load_gs1_file(
-            local,
-            layer=layer,
-            device=device,
-            notes=notes + more,
-            source=f"{repo}:{chosen.path}",
-            model_name=gs1_model_name(repo),
-        )
-    else:
-        cands = [c for c in map(gs2_candidate, files) if c]
-        if not sub:
-            cands = [c for c in cands if c.folder.split("/")[0].startswith("transcoder")]
-        chosen, more = choose(cands, layer=layer, width=width, l0=l0, where=where, gs2=True)
-        folder = chosen.path.rsplit("/", 1)[0]
-        download_hub_file(spec, repo, f"{folder}/{GS2_CONFIG}", revision)
-        local = download_hub_file(spec, repo, f"{folder}/{GS2_FILE}", revision)
-        tc = load_gs2_folder(local.parent, device=device, notes=notes + more, source=f"{repo}:{folder}", repo=repo)
-    tc.info["revision"] = revision_of(local) or revision
-    tc.info["local_path"] = str(local)
+def _gs1_load(path: Path, *, select: Select, device: str, repo: str | None, notes: list[str]) -> Transcoder:
+    if path.is_file():
+        model_name = gs1_model_name(repo) if repo else None
+        return load_gs1_file(path, layer=select.layer, device=device, notes=notes, model_name=model_name)
+    tc = load_gs1_dir(path, layer=select.layer, width=select.width, l0=select.l0, device=device)
+    tc.info["notes"] = notes + tc.info["notes"]
     return tc
+
+
+def _gs1_hub(files: list[str], sub: str, *, repo: str, select: Select) -> HubChoice | None:
+    if sub.endswith(".npz") and sub in files:
+        return HubChoice([sub], sub)
+    direct = in_prefix(files, sub, (GS1_FILE,))
+    if direct:
+        return HubChoice(direct, direct[0])
+    inside = [f for f in files if not sub or f.startswith(sub + "/")]
+    cands = [c for c in map(gs1_candidate, inside) if c]
+    if not (_GS1_REPO.match(repo) or cands):
+        return None
+    where = f"{repo}/{sub}" if sub else repo
+    chosen, notes = choose(cands, layer=select.layer, width=select.width, l0=select.l0, where=where, gs2=False)
+    return HubChoice([chosen.path], chosen.path, notes)
+
+
+def _gs2_detect(path: Path) -> bool:
+    return path.name == GS2_FILE if path.is_file() else is_gs2_dir(path)
+
+
+def _gs2_load(path: Path, *, select: Select, device: str, repo: str | None, notes: list[str]) -> Transcoder:
+    target = path.parent if path.is_file() else path
+    if repo is not None or is_gs2_folder(target):
+        return load_gs2_folder(target, device=device, notes=notes, repo=repo)
+    tc = load_gs2_dir(target, layer=select.layer, width=select.width, l0=select.l0, device=device)
+    tc.info["notes"] = notes + tc.info["notes"]
+    return tc
+
+
+def _gs2_hub(files: list[str], sub: str, *, repo: str, select: Select) -> HubChoice | None:
+    direct = in_prefix(files, sub, (GS2_CONFIG, GS2_FILE))
+    if direct:
+        return HubChoice(direct, sub or ".")
+    inside = [f for f in files if not sub or f.startswith(sub + "/")]
+    cands = [c for c in map(gs2_candidate, inside) if c]
+    if not (_GS2_REPO.match(repo) or cands):
+        return None
+    if not sub:
+        cands = [c for c in cands if c.folder.split("/")[0].startswith("transcoder")]
+    where = f"{repo}/{sub}" if sub else repo
+    chosen, notes = choose(cands, layer=select.layer, width=select.width, l0=select.l0, where=where, gs2=True)
+    folder = chosen.path.rsplit("/", 1)[0]
+    return HubChoice([f"{folder}/{GS2_CONFIG}", f"{folder}/{GS2_FILE}"], folder, notes)
+
+
+GS1_ENTRY = Entry("gemma_scope_1", "params.npz (Gemma Scope 1)", _gs1_detect, _gs1_load, _gs1_hub, selects=True)
+GS2_ENTRY = Entry(
+    "gemma_scope_2", "config.json + params.safetensors (Gemma Scope 2)", _gs2_detect, _gs2_load, _gs2_hub, selects=True
+)

@@ -21,15 +21,14 @@ from transcoderbench.formats.common import (
     as_bool,
     as_int,
     build,
-    canonical_site,
     check_shapes,
-    layer_of_site,
-    load_torch_file,
     parse_value,
-    read_json,
     require_keys,
     to_float32,
 )
+from transcoderbench.formats.registry import Entry, HubChoice, Select, in_prefix
+from transcoderbench.io import load_torch_file, read_json
+from transcoderbench.lm.sites import canonical_site, layer_of_site
 from transcoderbench.transcoders import (
     BatchTopKTranscoder,
     MatryoshkaTranscoder,
@@ -161,6 +160,8 @@ def _sites(cfg: dict[str, Any], layer_arg: int | None, source: Path) -> tuple[st
         raise UserError(f"{source}: names no input hook (source_hook_point, hook_point or source_site); add it")
     input_site, note = canonical_site(str(inp), src_layer, key=key, source=source)
     notes += [note] if note else []
+    input_site, note = seed_input_site(input_site)
+    notes += [note] if note else []
 
     if cfg.get("target_hook_point"):
         out, okey = cfg["target_hook_point"], "target_hook_point"
@@ -174,6 +175,26 @@ def _sites(cfg: dict[str, Any], layer_arg: int | None, source: Path) -> tuple[st
     output_site, note = canonical_site(str(out), tgt_layer, key=okey, source=source)
     notes += [note] if note else []
     return input_site, output_site, notes
+
+
+_SEED_MLP_IN = re.compile(r"^blocks\.(\d+)\.hook_mlp_in$")
+
+
+def seed_input_site(site: str) -> tuple[str, str | None]:
+    """Where a seed checkpoint that names ``blocks.L.hook_mlp_in`` was really trained (DESIGN.md section 3).
+
+    The seed's TransformerLens models ran with ``use_hook_mlp_in`` off, so that hook never fired and
+    its activation store fell back to ``ln2.hook_normalized * ln2.w``: the gained pre-MLP norm output
+    without any bias, which is ``blocks.L.ln2.hook_normalized_times_w`` here.
+    """
+    m = _SEED_MLP_IN.match(site)
+    if not m:
+        return site, None
+    new = f"blocks.{m.group(1)}.ln2.hook_normalized_times_w"
+    return new, (
+        f"input site {site} read as {new} (the gained pre-MLP norm output, without bias): the seed never trained on "
+        "hook_mlp_in, whose TransformerLens hook was off; its activation store fell back to ln2.hook_normalized * ln2.w"
+    )
 
 
 def load_legacy(path: Path, *, layer: int | None = None, device: str = "cpu") -> Transcoder:
@@ -196,15 +217,14 @@ def load_legacy(path: Path, *, layer: int | None = None, device: str = "cpu") ->
 
     d_in = as_int(cfg.get("source_act_size", cfg.get("act_size")), key="source_act_size", source=cfg_path)
     d_out = as_int(cfg.get("target_act_size", cfg.get("act_size")), key="target_act_size", source=cfg_path)
-    check_shapes(
-        tensors,
-        ckpt,
-        d_in=d_in,
-        d_sae=as_int(cfg.get("dict_size"), key="dict_size", source=cfg_path),
-        d_out=d_out,
-        threshold=None if per_token_topk else "scalar",
-    )
+    check_shapes(tensors, ckpt, d_in=d_in, d_out=d_out, threshold=None if per_token_topk else "scalar")
     d_sae = int(tensors["W_enc"].shape[1])
+    dict_size = as_int(cfg.get("dict_size"), key="dict_size", source=cfg_path)
+    if dict_size is not None and dict_size != d_sae:
+        notes.append(
+            f"config dict_size {dict_size} disagrees with the weights ({d_sae} latents); the weights decide "
+            "(the seed sized its dictionary by the last prefix_sizes value)"
+        )
 
     ends: tuple[int, ...] = (d_sae,)
     for key in PREFIX_KEYS:
@@ -232,7 +252,7 @@ def load_legacy(path: Path, *, layer: int | None = None, device: str = "cpu") ->
         "notes": notes,
         "training": cfg,
     }
-    common = dict(
+    common: dict[str, Any] = dict(
         source=ckpt, input_site=input_site, output_site=output_site, info=info, device=device, input_unit_norm=unit_norm
     )
     if per_token_topk:
@@ -243,3 +263,32 @@ def load_legacy(path: Path, *, layer: int | None = None, device: str = "cpu") ->
     cls = MatryoshkaTranscoder if len(ends) > 1 else BatchTopKTranscoder
     threshold = float(tensors.pop("threshold").reshape(()))
     return build(cls, tensors, prefix_ends=ends, threshold=threshold, k=k, **common)
+
+
+def _detect(path: Path) -> bool:
+    if path.is_file():
+        return path.suffix.lower() in (".pt", ".pth")
+    return is_legacy_dir(path)
+
+
+def _load(path: Path, *, select: Select, device: str, repo: str | None, notes: list[str]) -> Transcoder:
+    tc = load_legacy(path, layer=select.layer, device=device)
+    tc.info["notes"] = notes + tc.info["notes"]
+    return tc
+
+
+def _hub(files: list[str], sub: str, *, repo: str, select: Select) -> HubChoice | None:
+    for name in DIRECT_FILES:
+        needed = in_prefix(files, sub, (CONFIG, name))
+        if needed:
+            return HubChoice(needed, sub or ".")
+    return None
+
+
+ENTRY = Entry(
+    "legacy",
+    "config.json + sae.pt, checkpoint.pt or checkpoints/*.pt (seed)",
+    _detect,
+    _load,
+    _hub,
+)

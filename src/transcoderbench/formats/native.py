@@ -15,22 +15,10 @@ import torch
 
 import transcoderbench
 from transcoderbench.errors import UserError
-from transcoderbench.formats.common import (
-    WEIGHT_KEYS,
-    as_bool,
-    as_int,
-    atomic_directory,
-    build,
-    check_shapes,
-    json_safe,
-    layer_of_site,
-    load_safetensors,
-    read_json,
-    require_keys,
-    save_safetensors,
-    to_float32,
-    write_json,
-)
+from transcoderbench.formats.common import WEIGHT_KEYS, as_bool, as_int, build, check_shapes, require_keys, to_float32
+from transcoderbench.formats.registry import Entry, HubChoice, Select, in_prefix, one_transcoder
+from transcoderbench.io import atomic_directory, json_ready, load_safetensors, read_json, save_safetensors, write_json
+from transcoderbench.lm.sites import layer_of_site
 from transcoderbench.transcoders import ARCHITECTURES, Transcoder
 
 FORMAT_NAME = "transcoderbench"
@@ -65,7 +53,7 @@ def save_native(transcoder: Transcoder, directory: str | Path, *, extra_config: 
 
     directory = Path(directory)
     tensors = transcoder.tensors()
-    info = json_safe(transcoder.info)
+    info = json_ready(transcoder.info)
     config: dict[str, Any] = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -150,5 +138,35 @@ def load_native(directory: Path, *, device: str = "cpu") -> Transcoder:
         device=device,
         prefix_ends=cfg.get("prefix_ends"),
         input_unit_norm=as_bool(cfg.get("input_unit_norm"), key="input_unit_norm", source=cfg_path),
+        constant_norm_rescale=as_bool(cfg.get("constant_norm_rescale"), key="constant_norm_rescale", source=cfg_path),
         **hyper,
     )
+
+
+def _detect(path: Path) -> bool:
+    return is_native_dir(path.parent if path.is_file() and path.name == WEIGHTS else path)
+
+
+def _load(path: Path, *, select: Select, device: str, repo: str | None, notes: list[str]) -> Transcoder:
+    tc = load_native(path.parent if path.is_file() else path, device=device)
+    tc.info["notes"] = notes + tc.info["notes"]
+    return tc
+
+
+def _hub(files: list[str], sub: str, *, repo: str, select: Select) -> HubChoice | None:
+    needed = in_prefix(files, sub, (CONFIG, WEIGHTS))
+    return HubChoice(needed, sub or ".") if needed else None
+
+
+def _save(transcoders: list[Transcoder], directory: Path, **options: Any) -> Path:
+    return save_native(one_transcoder(transcoders, "native", **options), directory)
+
+
+ENTRY = Entry(
+    "native",
+    "config.json + model.safetensors (transcoderbench)",
+    _detect,
+    _load,
+    _hub,
+    _save,
+)

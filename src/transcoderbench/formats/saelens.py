@@ -16,6 +16,7 @@ our import rebuilds the original object. What SAELens cannot express is refused,
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,22 +24,10 @@ import torch
 
 import transcoderbench
 from transcoderbench.errors import UserError
-from transcoderbench.formats.common import (
-    as_bool,
-    as_int,
-    atomic_directory,
-    build,
-    check_shapes,
-    json_safe,
-    layer_of_site,
-    load_safetensors,
-    read_json,
-    require_keys,
-    save_safetensors,
-    shape,
-    to_float32,
-    write_json,
-)
+from transcoderbench.formats.common import as_bool, as_int, build, check_shapes, require_keys, shape, to_float32
+from transcoderbench.formats.registry import Entry, HubChoice, Select, in_prefix, one_transcoder
+from transcoderbench.io import atomic_directory, load_safetensors, read_json, save_safetensors, write_json
+from transcoderbench.lm.sites import layer_of_site
 from transcoderbench.transcoders import (
     ARCHITECTURES,
     BatchTopKTranscoder,
@@ -71,33 +60,123 @@ def _normalize_mode(value: Any) -> str:
     return str(value)
 
 
+def _version_below_6(cfg: dict[str, Any], meta: dict[str, Any]) -> bool:
+    """SAELens' own rule: no ``sae_lens_version`` (top level or metadata), or one below 6, is a pre-6.0 config."""
+    version = cfg.get("sae_lens_version") or meta.get("sae_lens_version")
+    if not version:
+        return True
+    m = re.match(r"\s*(\d+)", str(version))
+    return m is None or int(m.group(1)) < 6
+
+
+def pre_6_0_config(cfg: dict[str, Any], cfg_path: Path, notes: list[str]) -> dict[str, Any]:
+    """A SAELens < 6.0 config in the 6.0 layout, as SAELens' ``handle_pre_6_0_config`` translates it.
+
+    ``hook_point`` -> ``hook_name``, ``activation_fn_str`` -> ``activation_fn``, missing
+    ``apply_b_dec_to_input`` means true, and an ``activation_fn`` of ``topk`` with
+    ``activation_fn_kwargs.k`` is a TopK SAE. Any other non-ReLU activation is refused.
+    """
+    renames = {
+        "hook_point": "hook_name",
+        "hook_point_head_index": "hook_head_index",
+        "activation_fn_str": "activation_fn",
+    }
+    new = {renames.get(k, k): v for k, v in cfg.items()}
+    new.setdefault("apply_b_dec_to_input", True)
+    new.setdefault("architecture", "standard")
+    if new.get("architecture") is None:
+        new["architecture"] = "standard"
+    act = str(new.get("activation_fn") or "relu").lower()
+    kwargs: dict[str, Any] = new["activation_fn_kwargs"] if isinstance(new.get("activation_fn_kwargs"), dict) else {}
+    if act == "topk" and new["architecture"] in ("standard", "topk"):
+        if kwargs.get("k") is None and new.get("k") is None:
+            raise UserError(f"{cfg_path}: activation_fn topk without activation_fn_kwargs.k; add k to the config")
+        new["architecture"] = "topk"
+        new["k"] = kwargs.get("k", new.get("k"))
+        notes.append(f"SAELens < 6.0 config: activation_fn topk with k={new['k']} read as a TopK SAE")
+    elif act != "relu":
+        raise UserError(
+            f"{cfg_path}: activation_fn {act!r} is not supported (SAELens < 6.0 configs: relu, or topk with "
+            "activation_fn_kwargs.k)"
+        )
+    if any(k in cfg for k in renames) or "sae_lens_version" not in cfg:
+        notes.append("read as a SAELens < 6.0 config (hook_point -> hook_name, activation_fn_str -> activation_fn)")
+    return new
+
+
+def _hooks(
+    cfg: dict[str, Any], get: Any, ours: dict[str, Any], is_tc: bool, cfg_path: Path, notes: list[str]
+) -> tuple[str, str]:
+    """Input and output sites; an exact HF module path (``hf_hook_name``) wins over a TransformerLens name."""
+    hook_in = ours.get("input_site") or _exact_or_tl(
+        get("hf_hook_name"), get("hook_name"), "hf_hook_name", "hook_name", notes
+    )
+    if not hook_in:
+        raise UserError(f"{cfg_path}: names no hook (metadata.hook_name); it must say which activations the SAE reads")
+    if not is_tc:
+        return str(hook_in), str(ours.get("output_site") or hook_in)
+    hook_out = ours.get("output_site") or _exact_or_tl(
+        get("hf_hook_name_out"), get("hook_name_out"), "hf_hook_name_out", "hook_name_out", notes
+    )
+    if not hook_out:
+        raise UserError(
+            f"{cfg_path}: a {cfg.get('architecture')} with no metadata.hook_name_out; it must name the site it predicts"
+        )
+    return str(hook_in), str(hook_out)
+
+
+def _exact_or_tl(hf: Any, tl: Any, hf_key: str, tl_key: str, notes: list[str]) -> Any:
+    if hf and tl and str(hf) != str(tl):
+        notes.append(
+            f"{hf_key} {hf} and {tl_key} {tl} both given: read at {hf} (the exact Hugging Face module path); "
+            f"{tl} is a different tensor in some models (e.g. Gemma 3: before vs after the pre-MLP norm)"
+        )
+        return f"{hf}.output" if not str(hf).endswith((".input", ".output")) else hf
+    if hf and not tl:
+        return f"{hf}.output" if not str(hf).endswith((".input", ".output")) else hf
+    return tl
+
+
+_WRITTEN_SITES = re.compile(r"hook_(resid_pre|resid_mid|resid_post|mlp_in|mlp_out|attn_out)$")
+
+
+def _refuse_centred_writing(kwargs: Any, sites: tuple[str, str], cfg_path: Path) -> None:
+    """TransformerLens' ``center_writing_weights`` mean-centres every token of the residual stream and
+    of mlp_out/attn_out; the plain Hugging Face model here does not, so such an SAE would be read at
+    a different tensor. Refused rather than approximated."""
+    if not isinstance(kwargs, dict) or not kwargs.get("center_writing_weights"):
+        return
+    bad = [s for s in sites if _WRITTEN_SITES.search(s)]
+    if bad:
+        raise UserError(
+            f"{cfg_path}: model_from_pretrained_kwargs.center_writing_weights is true, so {bad[0]} was read from "
+            "TransformerLens' mean-centred residual stream, which the Hugging Face model does not compute; "
+            "transcoderbench refuses it rather than report numbers at a different tensor"
+        )
+
+
 def load_saelens(directory: Path, *, device: str = "cpu") -> Transcoder:
     """A SAELens SAE or transcoder directory as one of our transcoders (same outputs)."""
     cfg_path, w_path = directory / CFG, directory / WEIGHTS
     cfg = read_json(cfg_path)
-    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    meta: dict[str, Any] = cfg["metadata"] if isinstance(cfg.get("metadata"), dict) else {}
+    notes: list[str] = []
+    if _version_below_6(cfg, meta):
+        cfg = pre_6_0_config(cfg, cfg_path, notes)
 
     def get(key: str) -> Any:
         return meta[key] if meta.get(key) is not None else cfg.get(key)
 
-    notes: list[str] = []
     arch = str(cfg.get("architecture") or "standard")
     if arch not in SUPPORTED:
         raise UserError(
             f"{cfg_path}: SAELens architecture {arch!r} is not supported; supported: {', '.join(SUPPORTED)}"
         )
     is_tc = arch in _TRANSCODERS
-    ours = meta.get("transcoderbench") if isinstance(meta.get("transcoderbench"), dict) else {}
+    ours: dict[str, Any] = meta["transcoderbench"] if isinstance(meta.get("transcoderbench"), dict) else {}
 
-    hook_in = ours.get("input_site") or get("hook_name") or get("hook_point") or get("hf_hook_name")
-    if not hook_in:
-        raise UserError(f"{cfg_path}: names no hook (metadata.hook_name); it must say which activations the SAE reads")
-    if is_tc:
-        hook_out = ours.get("output_site") or get("hook_name_out") or get("hf_hook_name_out")
-        if not hook_out:
-            raise UserError(f"{cfg_path}: a {arch} with no metadata.hook_name_out; it must name the site it predicts")
-    else:
-        hook_out = ours.get("output_site") or hook_in
+    hook_in, hook_out = _hooks(cfg, get, ours, is_tc, cfg_path, notes)
+    _refuse_centred_writing(get("model_from_pretrained_kwargs"), (hook_in, hook_out), cfg_path)
     if str(cfg.get("reshape_activations") or "none") != "none":
         raise UserError(
             f"{cfg_path}: reshape_activations {cfg['reshape_activations']!r} (attention-head SAEs) is not supported"
@@ -139,19 +218,28 @@ def load_saelens(directory: Path, *, device: str = "cpu") -> Transcoder:
         # (x - b_dec) @ W_enc + b_enc == x @ W_enc + (b_enc - b_dec @ W_enc)
         tensors["b_enc"] = tensors["b_enc"] - tensors["b_dec"] @ tensors["W_enc"]
         notes.append("apply_b_dec_to_input folded into b_enc (b_enc - b_dec @ W_enc)")
+    elif apply_b_dec:
+        notes.append(
+            "apply_b_dec_to_input true ignored: SAELens itself rejects it for transcoders (b_dec lives at the output "
+            "site), so no SAELens transcoder ever subtracted it"
+        )
     mode = _normalize_mode(cfg.get("normalize_activations"))
-    if mode not in ("none", "layer_norm"):
+    if mode not in ("none", "layer_norm", "constant_norm_rescale"):
         raise UserError(
             f"{cfg_path}: normalize_activations {mode!r} needs a dataset scaling factor this reader does not apply"
         )
-    if mode == "layer_norm" and is_tc:
+    if mode != "none" and is_tc:
         raise UserError(
-            f"{cfg_path}: a SAELens transcoder with normalize_activations layer_norm standardises its input without "
-            "undoing it, which transcoderbench does not model"
+            f"{cfg_path}: a SAELens transcoder with normalize_activations {mode} rescales its input without "
+            "undoing it on the output, which transcoderbench does not model"
         )
     unit_norm = mode == "layer_norm"
     if unit_norm:
         notes.append("normalize_activations layer_norm read as input_unit_norm (standardise x, undo on the output)")
+    if mode == "constant_norm_rescale":
+        notes.append(
+            "normalize_activations constant_norm_rescale: x * sqrt(d_in) / ||x|| per token, undone on the output"
+        )
 
     model_name = ours.get("model_name") or get("model_name")
     training: dict[str, Any] = dict(ours.get("training") or {}) or {
@@ -172,6 +260,7 @@ def load_saelens(directory: Path, *, device: str = "cpu") -> Transcoder:
         info=info,
         device=device,
         input_unit_norm=unit_norm,
+        constant_norm_rescale=mode == "constant_norm_rescale",
     )
 
     if arch == "topk":
@@ -242,6 +331,10 @@ def export_saelens(transcoder: Transcoder, directory: str | Path) -> Path:
         raise refuse(
             "SAELens transcoders standardise the input but never undo it, so input_unit_norm cannot be expressed"
         )
+    if tc.constant_norm_rescale and not same_site:
+        raise refuse(
+            "SAELens transcoders rescale the input but never undo it, so constant_norm_rescale cannot be expressed"
+        )
 
     tensors = {
         k: v.detach().to("cpu", torch.float32)
@@ -286,7 +379,9 @@ def export_saelens(transcoder: Transcoder, directory: str | Path) -> Path:
         "dtype": "float32",
         "device": "cpu",
         "apply_b_dec_to_input": False,
-        "normalize_activations": "layer_norm" if tc.input_unit_norm else "none",
+        "normalize_activations": (
+            "layer_norm" if tc.input_unit_norm else "constant_norm_rescale" if tc.constant_norm_rescale else "none"
+        ),
         "reshape_activations": "none",
         "metadata": metadata,
     }
@@ -298,5 +393,29 @@ def export_saelens(transcoder: Transcoder, directory: str | Path) -> Path:
         metadata["hook_head_index_out"] = None
     with atomic_directory(directory, replaceable=is_saelens_dir, kind="SAELens") as tmp:
         save_safetensors(tmp / WEIGHTS, tensors)
-        write_json(tmp / CFG, json_safe(cfg))
+        write_json(tmp / CFG, cfg)
     return directory
+
+
+def _detect(path: Path) -> bool:
+    if path.is_file():
+        return path.name == WEIGHTS or (path.name == CFG and is_saelens_dir(path.parent))
+    return is_saelens_dir(path)
+
+
+def _load(path: Path, *, select: Select, device: str, repo: str | None, notes: list[str]) -> Transcoder:
+    tc = load_saelens(path.parent if path.is_file() else path, device=device)
+    tc.info["notes"] = notes + tc.info["notes"]
+    return tc
+
+
+def _hub(files: list[str], sub: str, *, repo: str, select: Select) -> HubChoice | None:
+    needed = in_prefix(files, sub, (CFG, WEIGHTS))
+    return HubChoice(needed, sub or ".") if needed else None
+
+
+def _save(transcoders: list[Transcoder], directory: Path, **options: Any) -> Path:
+    return export_saelens(one_transcoder(transcoders, "saelens", **options), directory)
+
+
+ENTRY = Entry("saelens", "cfg.json + sae_weights.safetensors (SAELens)", _detect, _load, _hub, _save)

@@ -25,8 +25,9 @@ import transformers
 from huggingface_hub.errors import HfHubHTTPError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from transcoderbench.atomic import sibling_tempdir, swap_in
 from transcoderbench.errors import UserError
+from transcoderbench.io import one_line as _one_line
+from transcoderbench.io import sibling_tempdir, swap_in
 
 log = logging.getLogger(__name__)
 
@@ -312,11 +313,6 @@ def find_decoder_layers(model: torch.nn.Module, name: str = "") -> tuple[torch.n
             if n_layers is None or len(module) == n_layers:
                 return module, [f"{path}.{i}" for i in range(len(module))]
     raise UserError(f"`model.name` {name}: cannot find its decoder layers (a ModuleList of {n_layers} blocks)")
-
-
-def _one_line(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------- GGUF conversion cache

@@ -9,7 +9,8 @@ architecture still runs by module path.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,7 @@ NAMED_HOOKS = (
     "hook_mlp_in",
     "ln2.hook_normalized",
     "mlp.hook_in",
+    "ln2.hook_normalized_times_w",
     "hook_mlp_out",
     "hook_resid_post",
 )
@@ -74,6 +76,8 @@ class Site:
     """None, ``"rms"`` or ``"layernorm"``: gain-free normalisation applied by :func:`site_tensor`."""
     eps: float | None = None
     """eps of the norm module whose input is normalised."""
+    weight: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    """``normalize="layernorm_weight"`` only: the norm's gain, applied without its bias."""
 
 
 def valid_forms(lm: LanguageModel) -> str:
@@ -131,11 +135,27 @@ def _resolve_named(lm: LanguageModel, name: str, layer: int, hook: str) -> Site:
         return Site(name, norm_path, "input", layer, NORM_KIND[lm.family], _norm_eps(lm, norm_path))
     if hook == "mlp.hook_in":
         return Site(name, f"{block}.{pre_norm}", "output", layer)
+    if hook == "ln2.hook_normalized_times_w":
+        return _normalized_times_w(lm, name, f"{block}.{pre_norm}", layer)
     if hook == "hook_mlp_out":
         return Site(name, f"{block}.{mlp_out}", "output", layer)
     if hook == "hook_resid_post":
         return Site(name, block, "output", layer)
     raise AssertionError(f"unhandled hook {hook}")  # _NAMED only matches NAMED_HOOKS
+
+
+def _normalized_times_w(lm: LanguageModel, name: str, norm_path: str, layer: int) -> Site:
+    """TransformerLens' ``ln2.hook_normalized * ln2.w``: the gained norm output without any bias.
+
+    RMS norms have no bias, so it is the norm's output; for LayerNorm (GPT-2) the bias is left out.
+    """
+    if NORM_KIND[lm.family] == "rms":
+        return Site(name, norm_path, "output", layer)
+    module = lm.model.get_submodule(norm_path)
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise UserError(f"site {name!r}: {norm_path} of {lm.name} has no weight; use blocks.L.ln2.hook_normalized")
+    return Site(name, norm_path, "input", layer, "layernorm_weight", _norm_eps(lm, norm_path), weight.detach())
 
 
 def _norm_eps(lm: LanguageModel, path: str) -> float:
@@ -188,4 +208,40 @@ def site_tensor(site: Site, captured: torch.Tensor) -> torch.Tensor:
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + site.eps)
     if site.normalize == "layernorm":
         return F.layer_norm(x, (x.shape[-1],), eps=site.eps)
+    if site.normalize == "layernorm_weight" and site.weight is not None:
+        return F.layer_norm(x, (x.shape[-1],), weight=site.weight.to(x.device, torch.float32), eps=site.eps)
     raise ValueError(f"site {site.name}: unknown normalize {site.normalize!r}")
+
+
+# ----------------------------------------------------------------- site names in configs
+_LAYERED = re.compile(r"(?:^|\.)(?:blocks|layers|h)\.(\d+)(?:\.|$)")
+_GLOBAL_TL_HOOKS = {"hook_embed", "hook_pos_embed", "hook_tokens", "ln_final.hook_normalized", "ln_final.hook_scale"}
+
+
+def layer_of_site(site: str) -> int | None:
+    """The layer index in ``blocks.L.…`` or ``model.layers.L.…`` site names (no model needed)."""
+    m = _LAYERED.search(site)
+    return int(m.group(1)) if m else None
+
+
+def canonical_site(name: str, layer: int | None, *, key: str, source: Path | str) -> tuple[str, str | None]:
+    """A TransformerLens-style site name for a config hook, and a note when it was inferred.
+
+    Full names (``blocks.17.hook_mlp_out``, ``model.layers.5.pre_feedforward_layernorm.output``)
+    are kept as written. Bare site names (``mlp_in``, ``hook_mlp_out``, ``ln2.hook_normalized``)
+    need the layer and become ``blocks.L.hook_mlp_in`` etc.
+    """
+    name = str(name).strip()
+    if not name:
+        raise UserError(f"{source}: {key} is empty; it must name a hook such as blocks.17.hook_mlp_in")
+    if name.startswith("blocks.") or name in _GLOBAL_TL_HOOKS:
+        return name, None
+    if name.endswith((".input", ".output")):
+        return name, None  # an HF module path site, e.g. model.layers.5.pre_feedforward_layernorm.output
+    if layer is None:
+        raise UserError(
+            f"{source}: {key} {name!r} names no layer and the config has none; add layer to the config or set select.layer"
+        )
+    bare = name[len("hook_") :] if name.startswith("hook_") else name
+    site = f"blocks.{layer}.{bare}" if "." in bare else f"blocks.{layer}.hook_{bare}"
+    return site, f"config hook `{name}` ({key}) read as {site}"

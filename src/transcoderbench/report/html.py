@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from transcoderbench.errors import UserError
+from transcoderbench.io import json_ready, write_files
 from transcoderbench.report.catalog import (
     METRICS,
     PREFIX_COLUMNS,
@@ -25,7 +26,6 @@ from transcoderbench.report.catalog import (
     value_of,
 )
 from transcoderbench.report.comparison import Results, as_results, comparison_record
-from transcoderbench.report.outputs import json_ready, write_files
 from transcoderbench.report.plots import all_plots
 from transcoderbench.report.suggestions import THRESHOLD_SOURCES, THRESHOLDS, suggest
 from transcoderbench.report.summary import (

@@ -15,13 +15,7 @@ from typing import Any
 from torch import Tensor
 
 from transcoderbench.errors import UserError
-from transcoderbench.formats.common import (
-    atomic_directory,
-    load_safetensors,
-    read_json,
-    save_safetensors,
-    write_json,
-)
+from transcoderbench.io import atomic_directory, load_safetensors, read_json, save_safetensors, write_json
 
 RESUME_DIR = "resume"
 STATE_JSON = "state.json"

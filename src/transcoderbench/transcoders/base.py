@@ -39,6 +39,7 @@ class Transcoder(nn.Module):
         output_site: str,
         prefix_ends: list[int] | tuple[int, ...] | None = None,
         input_unit_norm: bool = False,
+        constant_norm_rescale: bool = False,
         W_skip: Tensor | None = None,
         info: dict[str, Any] | None = None,
     ) -> None:
@@ -62,6 +63,9 @@ class Transcoder(nn.Module):
         self.input_site = input_site
         self.output_site = output_site
         self.input_unit_norm = bool(input_unit_norm)
+        self.constant_norm_rescale = bool(constant_norm_rescale)
+        if self.input_unit_norm and self.constant_norm_rescale:
+            raise ValueError("input_unit_norm and constant_norm_rescale cannot both be on")
         self.prefix_ends = check_prefix_ends(prefix_ends, d_sae)
         self.info: dict[str, Any] = dict(info or {})
 
@@ -88,7 +92,14 @@ class Transcoder(nn.Module):
         raise NotImplementedError
 
     def standardize(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
-        """Legacy ``input_unit_norm``: centre and scale each token; returns the stats to undo it."""
+        """Legacy ``input_unit_norm``: centre and scale each token; returns the stats to undo it.
+
+        SAELens ``constant_norm_rescale`` instead scales each token to norm ``sqrt(d_in)``:
+        ``x * sqrt(d_in) / ||x||``, undone by ``y * ||x|| / sqrt(d_in)`` (mean 0, std ``||x||/sqrt(d_in)``).
+        """
+        if self.constant_norm_rescale:
+            scale = x.norm(dim=-1, keepdim=True) / self.d_in**0.5
+            return x / scale, (torch.zeros_like(scale), scale)
         if not self.input_unit_norm:
             return x, None
         mean = x.mean(dim=-1, keepdim=True)
@@ -118,8 +129,9 @@ class Transcoder(nn.Module):
         return self._finish(f @ self.W_dec + self.b_dec, x)
 
     def _finish(self, y: Tensor, x: Tensor) -> Tensor:
-        if self.input_unit_norm:
-            _, (mean, std) = self.standardize(x)
+        _, stats = self.standardize(x)
+        if stats is not None:
+            mean, std = stats
             y = y * std + mean
         if self.W_skip is not None:
             y = y + x @ self.W_skip
@@ -140,7 +152,7 @@ class Transcoder(nn.Module):
         return {}
 
     def tensors(self) -> dict[str, Tensor]:
-        out = {"W_enc": self.W_enc, "b_enc": self.b_enc, "W_dec": self.W_dec, "b_dec": self.b_dec}
+        out: dict[str, Tensor] = {"W_enc": self.W_enc, "b_enc": self.b_enc, "W_dec": self.W_dec, "b_dec": self.b_dec}
         if self.W_skip is not None:
             out["W_skip"] = self.W_skip
         out.update(self.extra_tensors())
@@ -158,6 +170,7 @@ class Transcoder(nn.Module):
             "prefix_ends": list(self.prefix_ends),
             "input_unit_norm": self.input_unit_norm,
             "affine_skip": self.W_skip is not None,
+            **({"constant_norm_rescale": True} if self.constant_norm_rescale else {}),
             **self.hyperparameters(),
         }
 

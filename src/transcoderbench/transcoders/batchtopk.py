@@ -22,6 +22,7 @@ class BatchTopKTranscoder(Transcoder):
 
     def __init__(self, *args: Any, threshold: float = 0.0, k: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.threshold: Tensor
         self.register_buffer("threshold", torch.tensor(float(threshold), dtype=self.W_enc.dtype))
         self.k = None if k is None else int(k)
 
