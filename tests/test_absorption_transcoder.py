@@ -153,6 +153,11 @@ def test_streamed_fit_equals_a_dense_least_squares_reference(monkeypatch):
         A = torch.cat([acts[:, keep], torch.diag((ridge * (acts[:, keep] ** 2).sum(0)).sqrt())])
         reference = torch.linalg.lstsq(A, torch.cat([x, torch.zeros(len(keep), DIM, dtype=torch.float64)])).solution
         torch.testing.assert_close(rows[keep], reference, rtol=1e-8, atol=1e-10)
+    # only <D_in[i], p> enters the shares: the vector solve (G + ridge diag G) c = A^T (X p) gives the same
+    p = torch.randn(DIM, generator=g, dtype=torch.float64)
+    G = acts.T @ acts
+    c = torch.linalg.solve(G + ridge * torch.diag(G.diag()) + torch.diag((G.diag() == 0).double()), acts.T @ (x @ p))
+    torch.testing.assert_close(D_in @ p, c, rtol=1e-8, atol=1e-10)
 
 
 # ----------------------------------------------------------------------- through score_transcoder
