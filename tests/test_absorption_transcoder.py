@@ -17,6 +17,7 @@ from test_absorption import OPTIONS, S_TEST, data, letter_transcoder, synthetic 
 from transcoderbench.absorption.calculator import Thresholds, word_absorption
 from transcoderbench.absorption.input_decoder import normal_equations, solve_input_decoder
 from transcoderbench.absorption.run import MODE_SAE, MODE_TRANSCODER, latent_geometry, score_transcoder
+from transcoderbench.absorption.summary import summary_lines
 from transcoderbench.transcoders import JumpReLUTranscoder, TopKTranscoder
 
 DIM = 16
@@ -188,6 +189,10 @@ def test_matryoshka_prefixes_choose_main_latents_within_the_prefix(data, synthet
     assert a_full["num_full_absorption"] == S_TEST and a_full["main_latents"] == [0]
     # without latent 26 nothing carries the letter on the absorbed words: not absorption, just lost
     assert a_first["main_latents"] == [0] and a_first["mean_absorption_fraction"] == 0.0
+    text = "\n".join(summary_lines("nested", result))
+    lo, hi = (result["intervals"]["mean_absorption_fraction"][k] for k in ("low", "high"))
+    assert f"mean absorption fraction {result['mean_absorption_fraction']:.3f} [{lo:.3f}, {hi:.3f}]" in text
+    assert f"per nested prefix (latents: fraction / full rate): 13: {first['mean_absorption_fraction']:.3f}" in text
 
 
 def test_letter_diagnostics_and_per_word_values(data, synthetic):  # noqa: F811
