@@ -135,9 +135,11 @@ def test_shares_plus_residual_equal_the_probe_projection():
     assert not torch.allclose((acts * scale_sae).sum(1) + error @ p, x @ p, atol=1e-3)
 
 
-def test_streamed_fit_equals_a_dense_least_squares_reference(monkeypatch):
-    """The scattered, chunked normal equations give the ridge least-squares solution computed densely."""
+@pytest.mark.parametrize("dense_active", [0, 4096])
+def test_streamed_fit_equals_a_dense_least_squares_reference(monkeypatch, dense_active):
+    """The chunked normal equations (scattered or in dense blocks) give the ridge least-squares solution."""
     monkeypatch.setattr(input_decoder, "ROWS", 7)
+    monkeypatch.setattr(input_decoder, "DENSE_ACTIVE", dense_active)
     g = torch.Generator().manual_seed(2)
     n, d_sae, ridge = 120, 30, 1e-2
     x = torch.randn(n, DIM, generator=g, dtype=torch.float64)

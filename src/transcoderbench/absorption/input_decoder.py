@@ -14,9 +14,9 @@ nearly collinear with latents that fire on most words, and the ridge then pushes
 the input into it (seen on a planted model), so what the latents do not reconstruct stays in the
 residual ``x - a D_in``, as an SAE's error does.
 
-The fit streams: the normal equations ``G``, ``A^T X`` are accumulated ``ROWS`` words at a time by
-scattering each word's few active latents (no dense ``[words, d_sae]`` product), over the latents
-that fire on at least one word (``m`` of them; ``G`` is ``[m, m]`` float64). Nested prefixes
+The fit streams: the normal equations ``G``, ``A^T X`` are accumulated ``ROWS`` words at a time
+(a dense ``[ROWS, m]`` block while that is cheap, else by scattering each word's few active
+latents; never a dense ``[words, d_sae]`` matrix), over the latents that fire on at least one word (``m`` of them; ``G`` is ``[m, m]`` float64). Nested prefixes
 reuse the same sums: a prefix's system is a sub-block.
 """
 
@@ -31,6 +31,9 @@ from torch import Tensor
 RIDGE = 1e-4
 #: Words per accumulation step.
 ROWS = 512
+#: Up to this many active latents, each step multiplies a dense ``[ROWS, m]`` block (BLAS); above
+#: it, each word's active latents are scattered (cost ~ words x active-per-word^2, not x m^2).
+DENSE_ACTIVE = 4096
 #: Bound on the scattered ``[rows, k, d]`` block of ``A^T X`` per step (elements).
 SCATTER_ELEMENTS = 1 << 24
 
@@ -73,8 +76,14 @@ def normal_equations(latent_chunks: list[Tensor], input_chunks: list[Tensor]) ->
     n_words = 0
     for acts, xs in zip(latent_chunks, input_chunks):
         for s in range(0, acts.shape[0], ROWS):
-            a, x = acts[s : s + ROWS].double(), xs[s : s + ROWS].to(device).double()
-            values, idx = _nonzeros(a)
+            x = xs[s : s + ROWS].to(device).double()
+            if m <= DENSE_ACTIVE:  # a [rows, m] block: BLAS beats scattering
+                block = acts[s : s + ROWS, active].double()
+                gram[:m, :m] += block.T @ block
+                cross[:m] += block.T @ x
+                n_words += block.shape[0]
+                continue
+            values, idx = _nonzeros(acts[s : s + ROWS].double())
             pos = position[idx]
             n, k = values.shape
             outer = values[:, :, None] * values[:, None, :]
