@@ -364,6 +364,7 @@ def test_absorption_command_writes_json(tmp_path, tiny_model_dir):
     result = record["results"]["ours"]
     assert result["mode"] == MODE_TRANSCODER and (result["n_train_words"], result["n_test_words"]) == (60, 20)
     assert record["meta"]["model"]["source"] == str(model)
+    assert result["input_decoder"]["n_words"] == 80 and result["bootstrap"]["resamples"] == 1000
     assert str(tmp_path / "out" / "absorption.json") in proc.stdout
     assert (tmp_path / "out" / "absorption.txt").read_text().strip()
 
