@@ -351,21 +351,20 @@ def test_sae_case_follows_saebench_decomposition(data, synthetic):
     assert absorbed == {"a0", "a1"}
 
 
-def test_sae_mode_uses_decoder_rows_and_transcoder_mode_encoder_rows(synthetic):
+def test_sae_mode_uses_cosines_and_transcoder_mode_contributions(synthetic):
     sae = sae_from(synthetic)
     direction = synthetic.u[0].double()
-    scale_sae, cos_sae = latent_geometry(sae, direction, MODE_SAE)
-    scale_tc, cos_tc = latent_geometry(sae, direction, MODE_TRANSCODER)
-    rows_dec = sae.W_dec.detach().double()
-    rows_enc = sae.W_enc.detach().double().T
-    torch.testing.assert_close(cos_sae, rows_dec @ direction / rows_dec.norm(dim=1))
-    torch.testing.assert_close(scale_sae, cos_sae)
-    torch.testing.assert_close(cos_tc, rows_enc @ direction / rows_enc.norm(dim=1))
-    torch.testing.assert_close(scale_tc, cos_tc / rows_enc.norm(dim=1))
+    rows = sae.W_dec.detach().double()
+    scale_sae, cos_sae = latent_geometry(rows, direction, MODE_SAE)
+    scale_tc, cos_tc = latent_geometry(rows, direction, MODE_TRANSCODER)
+    torch.testing.assert_close(cos_sae, rows @ direction / rows.norm(dim=1))
+    torch.testing.assert_close(scale_sae, cos_sae)  # SAEBench: a_i * cos(d_i, p)
+    torch.testing.assert_close(cos_tc, cos_sae)
+    torch.testing.assert_close(scale_tc, rows @ direction)  # the contribution a_i * <d_i, p>
 
 
-def test_tied_unit_sae_gives_the_same_absorption_in_both_modes(data, synthetic):
-    """With W_enc = W_dec.T and unit rows, the encoder-based projection is SAEBench's exactly."""
+def test_unit_rows_give_the_same_absorption_in_both_modes(data, synthetic):
+    """With unit-norm rows, the contribution a_i <d_i, p> is SAEBench's a_i cos(d_i, p) exactly."""
     sae = sae_from(synthetic)
     unit = sae.W_dec.detach() / sae.W_dec.detach().norm(dim=1, keepdim=True)
     tied = JumpReLUTranscoder(
@@ -380,7 +379,7 @@ def test_tied_unit_sae_gives_the_same_absorption_in_both_modes(data, synthetic):
     latents = tied.encode(data.x_test)
     for letter in (0, 3, 17):
         _, a = letter_absorption(tied, data, letter, [letter], latents, MODE_SAE, Thresholds())
-        _, b = letter_absorption(tied, data, letter, [letter], latents, MODE_TRANSCODER, Thresholds())
+        _, b = letter_absorption(tied, data, letter, [letter], latents, MODE_TRANSCODER, Thresholds(), rows=unit)
         torch.testing.assert_close(a.absorption_fraction, b.absorption_fraction)
         assert torch.equal(a.full_absorption, b.full_absorption)
 

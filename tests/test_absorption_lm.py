@@ -112,13 +112,14 @@ def test_prompts_are_examples_then_the_word_token(tiny_lm):
     for context in contexts:
         assert context.prefix_ids[0] == lm.bos_token_id
         text = lm.tokenizer.decode(context.prefix_ids[1:])
-        lines = text.split("\n")
+        assert text.startswith("\n")  # as SAEBench's prompts
+        lines = text[1:].split("\n")
         assert len(lines) == 11 and lines[-1] == ""  # ten examples, then the word's own line starts
         for line in lines[:10]:
             word = line.removesuffix(" has the first letter:" + answer_text(line.split(" has")[0]))
             assert word != line and word in {w.text for w in pool}
             assert word not in {w.text for w in context.words}
-    assert context_text([Word(5, " cat", 2)], "Spell {word}:") == "Spell  cat: C\nSpell "
+    assert context_text([Word(5, " cat", 2)], "Spell {word}:") == "\nSpell  cat: C\nSpell "
 
 
 def test_examples_never_repeat_within_a_prompt_and_depend_on_the_seed(tiny_lm):
@@ -363,6 +364,7 @@ def test_absorption_command_writes_json(tmp_path, tiny_model_dir):
     result = record["results"]["ours"]
     assert result["mode"] == MODE_TRANSCODER and (result["n_train_words"], result["n_test_words"]) == (60, 20)
     assert record["meta"]["model"]["source"] == str(model)
+    assert result["input_decoder"]["n_words"] == 80 and result["bootstrap"]["resamples"] == 1000
     assert str(tmp_path / "out" / "absorption.json") in proc.stdout
     assert (tmp_path / "out" / "absorption.txt").read_text().strip()
 

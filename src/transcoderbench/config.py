@@ -212,6 +212,9 @@ class AbsorptionOptions:
     absorption_cache_dir: str | None = opt(
         None, "cache folder (default: $TRANSCODERBENCH_CACHE/absorption or ~/.cache/transcoderbench/absorption)"
     )
+    absorption_input_decoder_ridge: float = opt(1e-4, "transcoders: ridge of the fitted input decoder, per latent")
+    absorption_bootstrap_resamples: int = opt(1000, "bootstrap resamples of the words for intervals; 0: none")
+    absorption_bootstrap_seed: int = opt(0, "seed of the bootstrap over words")
 
     def resolved(self, device_type: str) -> AbsorptionOptions:
         """A copy with every ``None`` budget filled for ``device_type`` ("cpu", "cuda", ...), checked."""

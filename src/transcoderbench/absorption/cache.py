@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from transcoderbench.io import sibling_tempdir, swap_in
 from transcoderbench.lm import LanguageModel, Site
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: prompts start with a newline; SentencePiece words keep their leading space
 _FILES = ("key.json", "words.json", "tensors.safetensors")
 
 

@@ -6,7 +6,10 @@ For one letter with unit probe direction ``p`` and main latents ``M``, and a wor
 of activation contributes along ``p``:
 
 * SAE mode (input site == output site), exactly SAEBench: ``scale_i = cos(W_dec[i], p)``;
-* transcoder mode: ``scale_i = cos(W_enc[:, i], p) / |W_enc[:, i]|`` (see docs/absorption.md).
+* transcoder mode: ``scale_i = <D_in[i], p>`` with ``D_in`` the input decoder fitted by least
+  squares (:mod:`input_decoder`): latent ``i``'s contribution to ``x . p`` per unit of activation,
+  i.e. SAEBench's formula after rescaling each latent to a unit input-decoder row (see
+  docs/absorption.md). The gates use ``cos_i = cos(D_in[i], p)``.
 
 With ``P = x . p`` (the word's projection on the letter direction), ``main = sum_{i in M} proj_i``
 and ``A`` the sum of the (at most ``max_absorbers``) largest positive ``proj_i`` among latents
@@ -15,7 +18,7 @@ outside ``M`` whose ``cos_i >= cos_threshold``:
 * absorption fraction = 0 if ``main >= P`` or ``A / P < proportion_threshold``; else 1 if
   ``main <= 0``; else ``a / (a + main)`` with ``a = min(A, P - main)``, clipped to [0, 1];
 * full absorption: no main latent fires (``|a_i| < 1e-8``), the latent with the largest
-  ``proj_i`` has ``cos_i >= full_cos_threshold``, ``P >= 0`` and its ``proj_i / P >=
+  ``proj_i`` has ``cos_i >= full_cos_threshold``, ``P > 0`` and its ``proj_i / P >=
   proportion_threshold``.
 
 ``P <= 0`` gives fraction 0 and no full absorption: SAEBench reaches the same result for
@@ -56,6 +59,8 @@ class WordAbsorption:
     top_latent: Tensor
     """The latent with the largest probe projection (full absorption's candidate)."""
     top_projection: Tensor
+    total_projection: Tensor
+    """The summed probe projection of all latents (``P`` minus it is the part no latent carries)."""
     absorbers: list[list[int]]
     """Per word, the latents counted in ``A``, largest first."""
 
@@ -118,5 +123,6 @@ def word_absorption(
         absorber_projection=absorber_proj,
         top_latent=top_latent,
         top_projection=top_proj,
+        total_projection=proj.sum(dim=1),
         absorbers=absorbers,
     )

@@ -1,7 +1,8 @@
 """In-context prompts "{word} has the first letter:", built at the token level.
 
-A prompt is ``BOS + ten examples ("{ex} has the first letter: E", one per line) + newline +
-the template's text before {word} + the word's own token``. Activations are read at the
+A prompt is ``BOS + newline + ten examples ("{ex} has the first letter: E", one per line) +
+newline + the template's text before {word} + the word's own token``: like SAEBench's, the text
+starts with the separator. Activations are read at the
 word's token, so the text after the word cannot change them (the model is causal) and is not
 run at all. Appending the word's token id, rather than re-tokenizing the text, guarantees that
 the position read is exactly the word's token (SAEBench reads a fixed offset from the end,
@@ -29,10 +30,10 @@ def answer_text(word: str) -> str:
 
 
 def context_text(examples: list[Word], template: str) -> str:
-    """The examples, one per line, then the start of the word's own line (up to ``{word}``)."""
+    """A newline, the examples one per line, then the start of the word's own line (up to ``{word}``)."""
     before = template.split("{word}")[0]
     lines = [template.format(word=ex.text) + answer_text(ex.text) for ex in examples]
-    return EXAMPLE_SEPARATOR.join(lines) + EXAMPLE_SEPARATOR + before
+    return EXAMPLE_SEPARATOR + EXAMPLE_SEPARATOR.join(lines) + EXAMPLE_SEPARATOR + before
 
 
 @dataclass

@@ -2,9 +2,10 @@
 
 Flow for each probe site (a transcoder's input site; transcoders that share it share everything
 here): letter-only vocabulary -> seeded split -> prompts -> activations at the word tokens ->
-ground-truth probe -> test F1 per letter. Then per transcoder: latent activations -> L1 probe
-ranking -> k-sparse probing (main latents) -> per-word absorption on the test words that the
-probe calls positive -> per-letter and overall means over the letters whose probe is good enough.
+ground-truth probe -> test F1 per letter. Then per transcoder: latent activations -> (transcoder
+mode) the input decoder fitted on them -> per nested prefix: L1 probe ranking -> k-sparse probing
+(main latents) -> per-word absorption on the test words that the probe calls positive -> per-letter
+and overall means over the letters whose probe is good enough, with bootstrap intervals over words.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from transcoderbench.absorption.calculator import (
     WordAbsorption,
     word_absorption,
 )
+from transcoderbench.absorption.input_decoder import normal_equations, solve_input_decoder
 from transcoderbench.absorption.ksparse import k_sparse_probe, rank_latents
 from transcoderbench.absorption.options import AbsorptionOptions
 from transcoderbench.absorption.probe import (
@@ -38,6 +40,8 @@ from transcoderbench.absorption.probe import (
     train_probe,
 )
 from transcoderbench.absorption.prompts import build_contexts
+from transcoderbench.absorption.uncertainty import CONFIDENCE, headline_intervals
+from transcoderbench.absorption.uncertainty import METHOD as BOOTSTRAP_METHOD
 from transcoderbench.absorption.vocab import (
     LETTERS,
     Word,
@@ -51,10 +55,10 @@ from transcoderbench.progress import progress_bar
 from transcoderbench.transcoders import Transcoder
 
 MODE_SAE = "sae_decoder"
-MODE_TRANSCODER = "transcoder_encoder"
+MODE_TRANSCODER = "transcoder_input_decoder"
 PROJECTIONS = {
     MODE_SAE: "activation * cos(W_dec[i], probe)  (SAEBench)",
-    MODE_TRANSCODER: "activation / |W_enc[:, i]| * cos(W_enc[:, i], probe)",
+    MODE_TRANSCODER: "activation * <D_in[i], probe>, D_in fitted by least squares (x ~ activations @ D_in)",
 }
 #: The L1 latent probe's optimiser settings (SAEBench's ``train_sparse_multi_probe`` defaults).
 SPARSE_LR = 0.01
@@ -226,7 +230,7 @@ def check_prompt_length(lm: LanguageModel, contexts: list) -> None:
     longest = max((len(c.prefix_ids) + 1 for c in contexts), default=0)
     if isinstance(limit, int) and longest > limit:
         raise UserError(
-            f"--absorption-icl-examples: prompts reach {longest} tokens but {lm.name} takes at most {limit}; "
+            f"absorption.icl_examples: prompts reach {longest} tokens but {lm.name} takes at most {limit}; "
             "use fewer in-context examples"
         )
 
@@ -267,16 +271,30 @@ def latent_activations(tc: Transcoder, x: Tensor) -> Tensor:
     return torch.cat(parts) if parts else torch.zeros(0, tc.d_sae, device=device)
 
 
-def latent_geometry(tc: Transcoder, direction: Tensor, mode: str) -> tuple[Tensor, Tensor]:
-    """``(scale, cos)`` per latent for a unit ``direction``: see :mod:`calculator` and docs/absorption.md."""
-    with torch.no_grad():
-        rows = tc.W_dec.detach() if mode == MODE_SAE else tc.W_enc.detach().T
-        rows = rows.double().cpu()
-        norms = rows.norm(dim=1)
-        safe = torch.where(norms > 0, norms, torch.ones_like(norms))
-        cos = torch.where(norms > 0, rows @ direction.double().cpu() / safe, torch.zeros_like(norms))
-        scale = cos if mode == MODE_SAE else cos / safe
-    return scale, cos
+@torch.no_grad()
+def seen_inputs(tc: Transcoder, x: Tensor) -> Tensor:
+    """``[n, d_in]`` float64 on CPU: ``x`` as the encoder sees it, ``ENCODE_CHUNK`` rows at a time."""
+    device = tc.W_enc.device
+    parts = [
+        encoder_input(tc, x[i : i + ENCODE_CHUNK].to(device=device, dtype=tc.W_enc.dtype)).double().cpu()
+        for i in range(0, x.shape[0], ENCODE_CHUNK)
+    ]
+    return torch.cat(parts) if parts else torch.zeros(0, tc.d_in, dtype=torch.float64)
+
+
+def latent_geometry(rows: Tensor, direction: Tensor, mode: str) -> tuple[Tensor, Tensor]:
+    """``(scale, cos)`` per latent for a unit ``direction`` and the latents' input-space ``rows``.
+
+    SAE mode (``rows`` = decoder rows): SAEBench's ``scale = cos(row, p)``. Transcoder mode
+    (``rows`` = the fitted input decoder): ``scale = <row, p>``, the latent's contribution per unit
+    of activation; see :mod:`calculator` and docs/absorption.md.
+    """
+    rows = rows.detach().double().cpu()
+    norms = rows.norm(dim=1)
+    safe = torch.where(norms > 0, norms, torch.ones_like(norms))
+    dots = rows @ direction.double().cpu()
+    cos = torch.where(norms > 0, dots / safe, torch.zeros_like(norms))
+    return (cos if mode == MODE_SAE else dots), cos
 
 
 def thresholds_of(options: AbsorptionOptions) -> Thresholds:
@@ -288,6 +306,17 @@ def thresholds_of(options: AbsorptionOptions) -> Thresholds:
     )
 
 
+def letter_direction(data: ProbeData, letter: int) -> Tensor:
+    direction = data.probe.weight[letter].double()
+    return direction / direction.norm()
+
+
+def probe_positive_words(data: ProbeData, letter: int) -> Tensor:
+    """Indices (in ``data.test_words``) of the test words of ``letter`` that the probe calls positive."""
+    logits = data.probe.logits(data.x_test)
+    return torch.nonzero((data.y_test == letter) & (logits[:, letter] > 0)).flatten()
+
+
 def letter_absorption(
     tc: Transcoder,
     data: ProbeData,
@@ -296,17 +325,24 @@ def letter_absorption(
     test_latents: Tensor,
     mode: str,
     thresholds: Thresholds,
+    *,
+    rows: Tensor | None = None,
 ) -> tuple[Tensor, WordAbsorption]:
     """Per-word absorption for the test words of ``letter`` that the probe calls positive.
 
-    Returns the indices of those words in ``data.test_words`` and their :class:`WordAbsorption`.
+    ``test_latents [n_test, n]`` are the activations of the first ``n`` latents (a nested prefix or
+    all); ``rows`` their input-space rows (default: the decoder rows, SAE mode only). Returns the
+    indices of the words in ``data.test_words`` and their :class:`WordAbsorption`.
     """
-    logits = data.probe.logits(data.x_test)
-    words = torch.nonzero((data.y_test == letter) & (logits[:, letter] > 0)).flatten()
-    direction = data.probe.weight[letter].double()
-    direction = direction / direction.norm()
-    scale, cos = latent_geometry(tc, direction, mode)
-    x_seen = encoder_input(tc, data.x_test[words].to(tc.W_enc.device, tc.W_enc.dtype)).double().cpu()
+    if rows is None:
+        if mode != MODE_SAE:
+            raise ValueError("transcoder mode needs the fitted input decoder (rows=)")
+        rows = tc.W_dec
+    words = probe_positive_words(data, letter)
+    direction = letter_direction(data, letter)
+    n = test_latents.shape[1]
+    scale, cos = latent_geometry(rows[:n], direction, mode)
+    x_seen = seen_inputs(tc, data.x_test[words])
     P = x_seen @ direction
     acts = test_latents[words.to(test_latents.device)].cpu()
     return words, word_absorption(acts, scale, cos, P, main_latents, thresholds)
@@ -320,6 +356,16 @@ def sites_of(lm: LanguageModel, tc: Transcoder) -> tuple[Site, Site, str]:
     return input_site, output_site, MODE_SAE if same else MODE_TRANSCODER
 
 
+def check_scoring_options(options: AbsorptionOptions) -> None:
+    """Refuse settings of the scoring step that cannot work, naming the config field."""
+    if options.absorption_input_decoder_ridge < 0:
+        raise UserError(f"absorption.input_decoder_ridge {options.absorption_input_decoder_ridge}: must be 0 or more")
+    if options.absorption_bootstrap_resamples < 0:
+        raise UserError(
+            f"absorption.bootstrap_resamples {options.absorption_bootstrap_resamples}: must be 0 (no intervals) or more"
+        )
+
+
 def score_transcoder(
     tc: Transcoder,
     data: ProbeData,
@@ -329,21 +375,77 @@ def score_transcoder(
     show_progress: bool = False,
     desc: str = "absorption",
 ) -> dict[str, Any]:
-    """The JSON-ready absorption result of one transcoder on prepared probe data."""
+    """The JSON-ready absorption result of one transcoder on prepared probe data.
+
+    A Matryoshka transcoder is also scored per nested prefix (``prefixes``): only the prefix's
+    latents exist, its main latents are chosen among them and its input decoder is fitted on them.
+    """
     start = time.perf_counter()
     if data.x_train.shape[1] != tc.d_in:
         raise UserError(
             f"transcoder input width {tc.d_in} does not match the width {data.x_train.shape[1]} of site "
-            f"{data.site_name}; check the transcoder's input site and --model"
+            f"{data.site_name}; check the transcoder's input site and the model"
         )
+    check_scoring_options(options)
+    with torch.no_grad():
+        train_latents = latent_activations(tc, data.x_train)
+        test_latents = latent_activations(tc, data.x_test)
+    equations = None
+    if mode != MODE_SAE:
+        equations = normal_equations(
+            [train_latents, test_latents],
+            [
+                seen_inputs(tc, data.x_train).to(train_latents.device),
+                seen_inputs(tc, data.x_test).to(test_latents.device),
+            ],
+        )
+    ends = tuple(tc.prefix_ends)
+    scored_prefixes = []
+    for end in ends:
+        if equations is None:
+            rows = tc.W_dec.detach()[:end]
+        else:
+            rows = solve_input_decoder(equations, end, ridge=options.absorption_input_decoder_ridge, prefix_end=end)
+        label = desc if len(ends) == 1 else f"{desc} (prefix {end})"
+        scored_prefixes.append(
+            _score_latents(
+                tc, data, options, mode, train_latents[:, :end], test_latents[:, :end], rows, show_progress, label
+            )
+        )
+    per_letter, scored = scored_prefixes[-1]
+    result = _summarise(tc, data, options, mode, per_letter, scored, 0.0)
+    if equations is not None:
+        result["input_decoder"] = {
+            "ridge": options.absorption_input_decoder_ridge,
+            "n_words": equations.n_words,
+            "n_latents_fitted": int(equations.active.numel()),
+        }
+    if len(ends) > 1:
+        result["prefixes"] = [
+            _prefix_summary(data, options, end, pl, sc) for end, (pl, sc) in zip(ends, scored_prefixes)
+        ]
+    result["wall_time_s"] = time.perf_counter() - start
+    return result
+
+
+def _score_latents(
+    tc: Transcoder,
+    data: ProbeData,
+    options: AbsorptionOptions,
+    mode: str,
+    train_latents: Tensor,
+    test_latents: Tensor,
+    rows: Tensor,
+    show_progress: bool,
+    desc: str,
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Per-letter results and the scored letters for one set of latents (all, or a nested prefix)."""
     thresholds = thresholds_of(options)
+    n_latents = train_latents.shape[1]
     passing = [c for c in range(len(LETTERS)) if data.probe_f1[c] > options.absorption_min_probe_f1]
     per_letter: dict[str, dict[str, Any]] = {
         LETTERS[c]: {"probe_f1": data.probe_f1[c], "scored": False} for c in range(len(LETTERS))
     }
-    with torch.no_grad():
-        train_latents = latent_activations(tc, data.x_train)
-        test_latents = latent_activations(tc, data.x_test)
     # The L1 probe only ranks latents. SAEBench starts it from torch.nn.Linear's random weights,
     # which is harmless after its hundreds of steps over 16k latents, but with a CPU budget of
     # 50 full-batch steps that noise would decide the ranking; from zero, only the data does.
@@ -362,7 +464,6 @@ def score_transcoder(
         if passing
         else None
     )
-
     scored = []
     # Everything per letter is small (k <= 10 columns, a few hundred words): one CPU thread.
     with (
@@ -371,7 +472,8 @@ def score_transcoder(
     ):
         for c in passing:
             entry = per_letter[LETTERS[c]]
-            ranking = rank_latents(l1_probe, c, min(options.absorption_max_k, tc.d_sae))
+            assert l1_probe is not None  # trained whenever a letter passes
+            ranking = rank_latents(l1_probe, c, min(options.absorption_max_k, n_latents))
             sparse = k_sparse_probe(
                 train_latents, data.y_train, test_latents, data.y_test, c, ranking, f1_jump=options.absorption_f1_jump
             )
@@ -382,35 +484,52 @@ def score_transcoder(
                 entry["note"] = "no training word starts with this letter, so no k-sparse probe"
                 bar.update(1)
                 continue
-            words, result = letter_absorption(tc, data, c, sparse.main_latents, test_latents, mode, thresholds)
+            words, result = letter_absorption(
+                tc, data, c, sparse.main_latents, test_latents, mode, thresholds, rows=rows
+            )
             n_tp = len(words)
             entry["n_probe_true_positives"] = n_tp
             if n_tp == 0:
+                # SAEBench drops such a letter (it has no words to average over) rather than divide by 0.
                 entry["note"] = "the probe calls no test word of this letter positive"
                 bar.update(1)
                 continue
-            fractions = result.absorption_fraction
-            entry.update(
-                scored=True,
-                mean_absorption_fraction=float(fractions.sum()) / n_tp,
-                full_absorption_rate=int(result.full_absorption.sum()) / n_tp,
-                num_full_absorption=int(result.full_absorption.sum()),
-                absorbed_words=[
-                    {
-                        "word": data.test_words[int(w)].text,
-                        "absorption_fraction": float(fractions[j]),
-                        "full_absorption": bool(result.full_absorption[j]),
-                        "absorbing_latents": result.absorbers[j],
-                        "top_latent": int(result.top_latent[j]),
-                    }
-                    for j, w in enumerate(words)
-                    if fractions[j] > 0 or result.full_absorption[j]
-                ],
-            )
+            entry.update(scored=True, **_letter_entry(data, c, rows, mode, sparse.main_latents, words, result))
             scored.append(LETTERS[c])
             bar.update(1)
+    return per_letter, scored
 
-    return _summarise(tc, data, options, mode, per_letter, scored, time.perf_counter() - start)
+
+def _letter_entry(
+    data: ProbeData, letter: int, rows: Tensor, mode: str, main: list[int], words: Tensor, result: WordAbsorption
+) -> dict[str, Any]:
+    """Per-letter numbers, diagnostics (why the letter scores as it does) and per-word values."""
+    n_tp = len(words)
+    fractions = result.absorption_fraction
+    _, cos = latent_geometry(rows[: max(main) + 1], letter_direction(data, letter), mode)
+    total_P = float(result.probe_projection.sum())
+    return {
+        "mean_absorption_fraction": float(fractions.sum()) / n_tp,
+        "full_absorption_rate": int(result.full_absorption.sum()) / n_tp,
+        "num_full_absorption": int(result.full_absorption.sum()),
+        "main_cos": [float(cos[i]) for i in main],
+        "main_share": float(result.main_projection.sum()) / total_P if total_P > 0 else None,
+        "total_share": float(result.total_projection.sum()) / total_P if total_P > 0 else None,
+        "word_token_ids": [data.test_words[int(w)].token_id for w in words],
+        "word_absorption_fraction": [float(f) for f in fractions],
+        "word_full_absorption": [int(f) for f in result.full_absorption],
+        "absorbed_words": [
+            {
+                "word": data.test_words[int(w)].text,
+                "absorption_fraction": float(fractions[j]),
+                "full_absorption": bool(result.full_absorption[j]),
+                "absorbing_latents": result.absorbers[j],
+                "top_latent": int(result.top_latent[j]),
+            }
+            for j, w in enumerate(words)
+            if fractions[j] > 0 or result.full_absorption[j]
+        ],
+    }
 
 
 def _mean(values: list[float]) -> float | None:
@@ -419,6 +538,50 @@ def _mean(values: list[float]) -> float | None:
 
 def _stdev(values: list[float]) -> float | None:
     return statistics.stdev(values) if len(values) > 1 else None
+
+
+def _headline(per_letter: dict[str, dict[str, Any]], scored: list[str], options: AbsorptionOptions) -> dict[str, Any]:
+    """The means over scored letters (None with too few letters) and their bootstrap intervals over words."""
+    enough = len(scored) >= options.absorption_min_letters
+    fractions = [per_letter[c]["mean_absorption_fraction"] for c in scored]
+    rates = [per_letter[c]["full_absorption_rate"] for c in scored]
+    splits = [float(per_letter[c]["num_split_latents"]) for c in scored]
+    head: dict[str, Any] = {
+        "mean_absorption_fraction": _mean(fractions) if enough else None,
+        "full_absorption_rate": _mean(rates) if enough else None,
+        "mean_num_split_latents": _mean(splits) if enough else None,
+        "std_absorption_fraction": _stdev(fractions) if enough else None,
+        "std_full_absorption_rate": _stdev(rates) if enough else None,
+        "std_num_split_latents": _stdev(splits) if enough else None,
+        "n_letters_scored": len(scored),
+        "letters_scored": scored,
+    }
+    head["intervals"] = headline_intervals(
+        {**head, "per_letter": per_letter},
+        resamples=options.absorption_bootstrap_resamples,
+        seed=options.absorption_bootstrap_seed,
+    )
+    return head
+
+
+def _prefix_summary(
+    data: ProbeData, options: AbsorptionOptions, end: int, per_letter: dict[str, dict[str, Any]], scored: list[str]
+) -> dict[str, Any]:
+    """One nested prefix's headline, intervals and per-letter diagnostics (no per-word lists)."""
+    keep = (
+        "main_latents",
+        "num_split_latents",
+        "mean_absorption_fraction",
+        "full_absorption_rate",
+        "main_cos",
+        "main_share",
+        "total_share",
+    )
+    return {
+        "prefix_end": end,
+        **_headline(per_letter, scored, options),
+        "per_letter": {c: {k: per_letter[c][k] for k in keep if k in per_letter[c]} for c in scored},
+    }
 
 
 def _summarise(
@@ -430,12 +593,8 @@ def _summarise(
     scored: list[str],
     wall_time_s: float,
 ) -> dict[str, Any]:
-    fractions = [per_letter[c]["mean_absorption_fraction"] for c in scored]
-    rates = [per_letter[c]["full_absorption_rate"] for c in scored]
-    splits = [float(per_letter[c]["num_split_latents"]) for c in scored]
-    enough = len(scored) >= options.absorption_min_letters
     note = ""
-    if not enough:
+    if len(scored) < options.absorption_min_letters:
         f1s = ", ".join(f"{c}: {per_letter[c]['probe_f1']:.2f}" for c in LETTERS)
         note = (
             f"absorption is not reported: only {len(scored)} of 26 letters can be scored at {data.site_name} "
@@ -444,14 +603,13 @@ def _summarise(
             f"there for this word budget. Probe F1 per letter: {f1s}"
         )
     return {
-        "mean_absorption_fraction": _mean(fractions) if enough else None,
-        "full_absorption_rate": _mean(rates) if enough else None,
-        "mean_num_split_latents": _mean(splits) if enough else None,
-        "std_absorption_fraction": _stdev(fractions) if enough else None,
-        "std_full_absorption_rate": _stdev(rates) if enough else None,
-        "std_num_split_latents": _stdev(splits) if enough else None,
-        "n_letters_scored": len(scored),
-        "letters_scored": scored,
+        **_headline(per_letter, scored, options),
+        "bootstrap": {
+            "method": BOOTSTRAP_METHOD,
+            "resamples": options.absorption_bootstrap_resamples,
+            "seed": options.absorption_bootstrap_seed,
+            "confidence": CONFIDENCE,
+        },
         "probe_f1": {c: data.probe_f1[i] for i, c in enumerate(LETTERS)},
         "per_letter": per_letter,
         "mode": mode,

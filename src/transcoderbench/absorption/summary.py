@@ -20,18 +20,37 @@ def summary_lines(name: str, result: dict[str, Any]) -> list[str]:
     if result["mean_absorption_fraction"] is None:
         lines.append(f"  {result['note']}")
     else:
+        intervals = result.get("intervals") or {}
         lines.append(
-            f"  mean absorption fraction {result['mean_absorption_fraction']:.3f}, full absorption rate "
-            f"{result['full_absorption_rate']:.3f}, mean split latents {result['mean_num_split_latents']:.2f} "
-            f"over {result['n_letters_scored']} letters ({''.join(result['letters_scored'])})"
+            f"  mean absorption fraction {result['mean_absorption_fraction']:.3f}"
+            f"{_interval(intervals.get('mean_absorption_fraction'))}, full absorption rate "
+            f"{result['full_absorption_rate']:.3f}{_interval(intervals.get('full_absorption_rate'))}, mean split "
+            f"latents {result['mean_num_split_latents']:.2f} over {result['n_letters_scored']} letters "
+            f"({''.join(result['letters_scored'])})"
         )
         worst = sorted(
             ((c, r["mean_absorption_fraction"]) for c, r in result["per_letter"].items() if r.get("scored")),
             key=lambda item: -item[1],
         )[:3]
         lines.append("  most absorbed letters: " + ", ".join(f"{c} {f:.2f}" for c, f in worst))
+        prefixes = [p for p in result.get("prefixes", []) if p["mean_absorption_fraction"] is not None]
+        if prefixes:
+            lines.append(
+                "  per nested prefix (latents: fraction / full rate): "
+                + ", ".join(
+                    f"{p['prefix_end']}: {p['mean_absorption_fraction']:.3f} / {p['full_absorption_rate']:.3f}"
+                    for p in prefixes
+                )
+            )
     lines.append(
         f"  took {result['wall_time_s']:.1f} s (+ {result['probe_wall_time_s']:.1f} s for the shared probe, "
         f"cache {result['cache']})"
     )
     return lines
+
+
+def _interval(iv: dict[str, Any] | None) -> str:
+    """`` [low, high]`` of a bootstrap interval, or nothing."""
+    if not iv or iv.get("low") is None:
+        return ""
+    return f" [{iv['low']:.3f}, {iv['high']:.3f}]"

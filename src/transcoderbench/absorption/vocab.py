@@ -1,7 +1,10 @@
 """The words of the first-letter task: letter-only tokens of the model's own tokenizer, split once.
 
 As in SAEBench, a word is a vocabulary token that decodes to ASCII letters only, optionally
-after one leading space (" cat" and "cat" are different tokens and both count). Unlike
+after one leading space (" cat" and "cat" are different tokens and both count). Tokenizers that
+mark a space with "▁" (SentencePiece: Llama 2, Gemma) drop it when one token is decoded alone;
+as in SAEBench, such a token's text gets its leading space back (" cat" for "▁cat"), so the word
+stays distinct from "cat" and is shown with its space in the prompts. Unlike
 SAEBench, the order is fixed (by token id) and the 80/20 split is seeded, so two runs see
 the same words.
 """
@@ -17,6 +20,7 @@ from transcoderbench.errors import UserError
 
 LETTERS = string.ascii_lowercase
 TRAIN_FRACTION = 0.8
+SPACE_MARK = "\u2581"  # "▁"
 _ALPHA = frozenset(string.ascii_letters)
 
 
@@ -40,6 +44,14 @@ def first_letter(text: str) -> int:
     return LETTERS.index(text.strip()[0].lower())
 
 
+def word_text(tokenizer, token: str) -> str:
+    """A token's text, with the leading space that a "▁" marks (SAEBench's fix for SentencePiece)."""
+    text = tokenizer.convert_tokens_to_string([token])
+    if token.startswith(SPACE_MARK) and not text.startswith(" "):
+        text = " " + text
+    return text
+
+
 def letter_vocabulary(tokenizer) -> list[Word]:
     """Every letter-only token of ``tokenizer``, ordered by token id (special tokens excluded)."""
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
@@ -47,7 +59,7 @@ def letter_vocabulary(tokenizer) -> list[Word]:
     for token, token_id in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1]):
         if token_id in special:
             continue
-        text = tokenizer.convert_tokens_to_string([token])
+        text = word_text(tokenizer, token)
         if is_letter_word(text):
             words.append(Word(int(token_id), text, first_letter(text)))
     return words
