@@ -74,3 +74,31 @@ def test_atomic_directory_with_subfolders_and_failure(tmp_path):
         with atomic_directory(other, replaceable=lambda d: False, kind="test"):
             pass
     assert (other / "precious.txt").read_text() == "keep"
+
+
+def test_directory_lock_refuses_a_second_writer_and_releases(tmp_path):
+    """A second holder (here another process) gets a one-line UserError; after release it works again."""
+    import subprocess
+    import sys
+
+    from transcoderbench.errors import UserError
+    from transcoderbench.io import directory_lock
+
+    target = tmp_path / "out"
+    code = (
+        "import sys\nfrom transcoderbench.io import directory_lock\nfrom transcoderbench.errors import UserError\n"
+        f"try:\n    with directory_lock({str(target)!r}):\n        print('got it')\n"
+        "except UserError as e:\n    print('refused:', e)\n"
+    )
+    with directory_lock(target):
+        other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        assert other.stdout.startswith("refused:") and "another transcoderbench run" in other.stdout
+        assert other.stdout.count("\n") == 1
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert other.stdout == "got it\n"
+    with directory_lock(target):  # reentrant across sequential uses in one process
+        pass
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(UserError, match="cannot use this output folder"):
+        with directory_lock(tmp_path / "file.txt" / "sub"):
+            pass

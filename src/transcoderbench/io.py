@@ -11,6 +11,7 @@ is the one JSON sanitiser and :func:`one_line` the one message squasher.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
@@ -150,6 +151,37 @@ def load_torch_file(path: Path) -> Any:
 
 
 # ----------------------------------------------------------------------------- writing
+def lock_path(target: Path) -> Path:
+    """The lock file guarding ``target``: beside it, so it survives ``target`` being swapped out."""
+    return target.parent / f".{target.name}.lock"
+
+
+@contextlib.contextmanager
+def directory_lock(target: str | Path, *, what: str = "output folder") -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``target`` (a folder that may not exist yet).
+
+    A second transcoderbench process writing to the same folder gets a one-line error instead
+    of interleaving its files with ours. The lock is released when the process exits, even on
+    ``kill -9``; the small hidden lock file stays behind and is reused.
+    """
+    target = Path(target).expanduser().absolute()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_path(target), "a+")  # noqa: SIM115 - held for the whole block
+    except OSError as exc:
+        raise UserError(f"{target}: cannot use this {what} ({one_line(exc.strerror or exc)}); choose another") from None
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"{target}: another transcoderbench run is writing this {what}; wait for it to finish or choose another"
+            ) from None
+        yield
+    finally:
+        handle.close()
+
+
 @contextlib.contextmanager
 def sibling_tempdir(target: Path) -> Iterator[Path]:
     """An empty directory beside ``target`` (same filesystem, so a rename is atomic); removed on exit
