@@ -1,6 +1,6 @@
 """The ``transcoderbench`` command: parse flags, call the library, print where outputs went.
 
-One module per command (``evaluate``, ``compare``, ``absorption``, ``train``, ``demo``, ``report``), each
+One module per command (``evaluate``, ``compare``, ``absorption``, ``train``, ``demo``, ``report``, ``export``), each
 with ``register(subparsers)`` and ``run(args)``; ``flags`` turns config dataclasses into flags and
 ``common`` holds what several commands share. Nothing outside this package imports it.
 
@@ -16,13 +16,13 @@ from collections.abc import Mapping, Sequence
 
 import transformers
 
-from transcoderbench.cli import absorption, compare, demo, evaluate, report, train
+from transcoderbench.cli import absorption, compare, demo, evaluate, export, report, train
 from transcoderbench.cli.flags import OneLineParser
 from transcoderbench.errors import UserError, render
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = (evaluate, compare, report, absorption, train, demo)
+COMMANDS = (evaluate, compare, report, absorption, train, demo, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,7 +25,8 @@ def register(sub: Any) -> None:
         "absorption",
         help="first-letter feature absorption of one or more transcoders",
         description="Measure first-letter feature absorption (SAEBench's method, adapted to transcoders: the probe "
-        "reads the input site, latents are compared through their encoder rows; SAEs use decoder rows). "
+        "reads the input site; a transcoder latent's share is read through an input-space decoder fitted by least squares, "
+        "so shares add up; SAEs use their decoder rows, exactly as SAEBench). "
         "Writes absorption.json and absorption.txt.",
     )
     add_flag(parser, "checkpoint", default=None, metavar="PATH", help=CHECKPOINT_HELP)
