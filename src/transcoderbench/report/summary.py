@@ -80,9 +80,16 @@ def source_text(src: Source | None) -> str:
     return f"loaded from {src.source} ({src.format} format)"
 
 
+NORMALIZE_TEXT = {
+    "rms": "RMS-normalised without the gain (rms)",
+    "layernorm": "layer-normed without gain and bias (layernorm)",
+    "layernorm_weight": "layer-normed times the gain, without the bias (layernorm_weight)",
+}
+
+
 def site_text(s: Site) -> tuple[str, str]:
     """(``name = direction of module``, normalisation note) of one site."""
-    extra = f", normalised without gain ({s.normalize})" if s.normalize else ""
+    extra = f", {NORMALIZE_TEXT.get(s.normalize, s.normalize)}" if s.normalize else ""
     return f"{s.name} = {s.direction} of {s.module}", extra
 
 
