@@ -8,20 +8,23 @@ A category names a winner only when the evidence says so:
   verdict is "no significant difference";
 - decoder redundancy depends on the weights alone: there is no sampling noise, so the exact
   values decide (equal values: no difference);
-- dead latents and absorption are counts over the whole evaluation or over a word list, with
-  no per-sequence form: no interval exists, so they are not tested and name no winner (the
-  point values are shown).
+- absorption (mean fraction and full-absorption rate) is tested with the paired bootstrap over
+  words (``absorption.uncertainty.paired_difference``), only between results measured on the
+  same probe site, mode, letters and words; otherwise the verdict says why they are not comparable;
+- dead latents are a count over the whole evaluation with no per-sequence form: no interval
+  exists, so they are not tested and name no winner (the point values are shown).
 """
 
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from itertools import combinations
 from typing import Any
 
 from transcoderbench.absorption.summary import VERSUS_REDUNDANCY
+from transcoderbench.absorption.uncertainty import paired_difference
 from transcoderbench.report.catalog import (
     BY_KEY,
     METRICS,
@@ -64,7 +67,8 @@ class Category:
     lower_is_better: bool
     why: str
     test: str
-    """``bootstrap`` (paired, over sequences), ``exact`` (no sampling noise) or ``none``."""
+    """``bootstrap`` (paired, over sequences), ``words`` (paired, over absorption words), ``exact`` (no sampling
+    noise) or ``none``."""
 
 
 CATEGORIES: list[Category] = [
@@ -82,7 +86,14 @@ CATEGORIES: list[Category] = [
     ),
     Category("downstream KL", ("downstream", "kl_div"), True, "KL: next-token distribution moves less", "bootstrap"),
     Category("utilization", ("sparsity", "dead_percentage"), True, "fewer dead latents", "none"),
-    Category("absorption", ("absorption", "mean_absorption_fraction"), True, "less first-letter absorption", "none"),
+    Category("absorption", ("absorption", "mean_absorption_fraction"), True, "less first-letter absorption", "words"),
+    Category(
+        "full absorption",
+        ("absorption", "full_absorption_rate"),
+        True,
+        "fewer words whose letter signal is fully absorbed",
+        "words",
+    ),
     Category(
         "redundancy",
         ("decoder_redundancy", "redundant_pair_fraction"),
@@ -94,6 +105,8 @@ CATEGORIES: list[Category] = [
 
 HOW = {
     "bootstrap": "paired bootstrap over sequences: a winner only when the interval of the difference excludes 0",
+    "words": "paired bootstrap over the absorption words (same probe, letters and words): a winner only when the "
+    "interval of the difference excludes 0",
     "exact": "computed from the weights alone (no sampling noise): the exact values decide",
     "none": "not tested: no interval exists (a count over the whole evaluation or over a word list), so no winner "
     "is named; point values shown",
@@ -151,15 +164,60 @@ def _exact(record: CategoryVerdict, cat: Category, values: dict[str, float]) -> 
     return _verdict(record, "tie at the best value")
 
 
+def _absorption_difference(metrics: Results, a: str, b: str, metric: str) -> Interval | str | None:
+    """The paired bootstrap over words of a - b, or why the two absorption results are not comparable."""
+    ra, rb = metrics[a].absorption, metrics[b].absorption
+    if ra is None or rb is None:
+        return None
+    ja, jb = ra.to_json(), rb.to_json()
+    settings = ja.get("bootstrap") or {}
+    resamples = int(settings.get("resamples") or 0)
+    if resamples < 2:
+        return None
+    found = paired_difference(ja, jb, (a, b), resamples=resamples, seed=int(settings.get("seed") or 0))
+    if not found["comparable"]:
+        return "; ".join(found["problems"])
+    iv = found["metrics"][metric]
+    return Interval(value=iv["value"], low=iv["low"], high=iv["high"], se=iv.get("se"))
+
+
+def _words(record: CategoryVerdict, cat: Category, metrics: Results, values: dict[str, float]) -> CategoryVerdict:
+    names = list(metrics)
+    found = {(a, b): _absorption_difference(metrics, a, b, cat.path[-1]) for a, b in combinations(names, 2)}
+    problems = sorted({f"{a} vs {b}: {p}" for (a, b), p in found.items() if isinstance(p, str)})
+    if problems:
+        return _verdict(record, "not comparable (" + "; ".join(problems) + ")")
+    intervals = {n: _absorption_interval(metrics[n], cat.path[-1]) for n in names}
+    return _paired(record, cat, names, values, intervals, lambda a, b: found[(a, b)])  # type: ignore[arg-type,return-value]
+
+
+def _absorption_interval(m: TranscoderResult, metric: str) -> Interval | None:
+    ivs = m.absorption.extra.get("intervals") if m.absorption else None
+    iv = ivs.get(metric) if isinstance(ivs, Mapping) else None
+    return Interval.from_json(iv) if isinstance(iv, Mapping) else None
+
+
 def _bootstrap(record: CategoryVerdict, cat: Category, metrics: Results, values: dict[str, float]) -> CategoryVerdict:
     names = list(metrics)
     info = BY_KEY[".".join(cat.path)]  # every category's metric is in the catalog
     key = info.interval
     intervals = {n: interval_of(metrics[n], info) for n in names}
+    return _paired(record, cat, names, values, intervals, lambda a, b: _difference(metrics, a, b, key) if key else None)
+
+
+def _paired(
+    record: CategoryVerdict,
+    cat: Category,
+    names: list[str],
+    values: dict[str, float],
+    intervals: Mapping[str, Interval | None],
+    difference: Callable[[str, str], Interval | None],
+) -> CategoryVerdict:
+    """A winner when its paired-difference interval to every other excludes 0 in its favour."""
     beats: dict[str, set[str]] = {n: set() for n in names}
     pairs: list[PairVerdict] = []
     for a, b in combinations(names, 2):
-        iv = _difference(metrics, a, b, key) if key else None
+        iv = difference(a, b)
         if iv is None:
             pairs.append(PairVerdict(a=a, b=b, difference=values[a] - values[b], significant=False))
             continue
@@ -193,6 +251,8 @@ def decide_category(cat: Category, metrics: Results) -> CategoryVerdict | None:
         return _exact(record, cat, known)
     if cat.test == "none":
         return _verdict(record, "not tested (no interval exists)")
+    if cat.test == "words":
+        return _words(record, cat, metrics, known)
     return _bootstrap(record, cat, metrics, known)
 
 

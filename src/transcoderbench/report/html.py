@@ -312,6 +312,58 @@ def _prefix_tables(metrics: Results) -> str:
     )
 
 
+ABSORPTION_COLUMNS = (
+    ("probe F1", "probe_f1", ".2f"),
+    ("absorption", "mean_absorption_fraction", ".3f"),
+    ("full", "full_absorption_rate", ".3f"),
+    ("main latents", "main_latents", ""),
+    ("cos(main, probe)", "main_cos", ".2f"),
+    ("share of P by main", "main_share", ".2f"),
+    ("share of P by all", "total_share", ".2f"),
+)
+
+
+def _absorption_cell(value: Any, spec: str) -> str:
+    if isinstance(value, list):
+        return (
+            "<td>"
+            + _e(", ".join(format(v, spec) if spec and isinstance(v, float) else str(v) for v in value))
+            + "</td>"
+        )
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"<td class='num'>{_e(format(value, spec) if spec else value)}</td>"
+    return "<td>-</td>"
+
+
+def _absorption_tables(metrics: Results) -> str:
+    """Per-letter diagnostics: why each letter scores as it does (main latents, their cosine and share of P)."""
+    out = []
+    for name, m in metrics.items():
+        per_letter = m.absorption.extra.get("per_letter") if m.absorption else None
+        if not isinstance(per_letter, Mapping):
+            continue
+        scored = [c for c, e in per_letter.items() if isinstance(e, Mapping) and e.get("scored")]
+        if not scored:
+            continue
+        head = "".join(f"<th>{_e(label)}</th>" for label, _, _ in ABSORPTION_COLUMNS)
+        body = "".join(
+            f"<tr><td>{_e(c)}</td>"
+            + "".join(_absorption_cell(per_letter[c].get(key), spec) for _, key, spec in ABSORPTION_COLUMNS)
+            + "</tr>"
+            for c in scored
+        )
+        out.append(f"<h3>{_e(name)}</h3><table><tr><th>letter</th>{head}</tr>{body}</table>")
+    if not out:
+        return ""
+    return (
+        "<h2>Absorption by letter</h2>\n<p>For each scored letter: the probe's test F1, the mean absorption "
+        "fraction and full-absorption rate over its probe-positive test words, the main latents (k-sparse probing), "
+        "their cosine with the probe direction, and the share of the input's projection P onto the probe carried "
+        "by the main latents and by all latents (the rest is reconstruction error). A letter with a low main share "
+        "and a high all-latent share is one whose signal other latents carry: absorption.</p>\n" + "\n".join(out) + "\n"
+    )
+
+
 def _suggestions(metrics: Results) -> str:
     out = [
         "<h2>Suggestions</h2>",
@@ -359,8 +411,9 @@ def _explanations() -> str:
         "<h3>Intervals and verdicts</h3><p>Tokens of one sequence are correlated, so intervals come from "
         "resampling whole sequences (a Poisson bootstrap: each resample counts every sequence a Poisson(1) "
         "number of times, seeded by the sequence's index); the interval is the central percentile range of the "
-        "resampled metric. Paired differences resample both transcoders with the same counts. Dead latents and "
-        "absorption have no per-sequence form and no interval; decoder redundancy depends on the weights only.</p>"
+        "resampled metric. Paired differences resample both transcoders with the same counts. Absorption is "
+        "resampled over words instead (paired: the same draws for both transcoders). Dead latents have no "
+        "per-sequence form and no interval; decoder redundancy depends on the weights only.</p>"
     )
     rows = "".join(
         f"<tr><td><code>{_e(k)}</code></td><td class='num'>{_e(v)}</td><td>{_e(THRESHOLD_SOURCES[k])}</td></tr>"
@@ -391,6 +444,7 @@ def render_report(
         + _summary_table(results)
         + _plots(results)
         + _prefix_tables(results)
+        + _absorption_tables(results)
         + _suggestions(results)
         + _explanations()
         + f"<p class='meta'>versions: {_e(versions)}<br>Rebuild this page from the JSON files with "

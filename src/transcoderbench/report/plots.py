@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from transcoderbench.report.catalog import prefix_rows, value_at
-from transcoderbench.results import Histogram, Interval, TranscoderResult
+from transcoderbench.results import Histogram, Interval, TranscoderResult, finite
 
 Results = Mapping[str, TranscoderResult]
 
@@ -129,9 +129,13 @@ def prefix_curves(metrics: Results) -> Plot | None:
     if not rows:
         return None
     with_loss = any(any(p.value("delta_loss") is not None for p in r) for r in rows.values())
-    fig, axes = _figure(2 if with_loss else 1)
+    absorption = {n: absorption_prefixes(metrics[n]) for n in rows}
+    absorption = {n: pts for n, pts in absorption.items() if pts}
+    fig, axes = _figure(1 + int(with_loss) + int(bool(absorption)))
     names = list(metrics)
     panels = [("fvu", "FVU", axes[0])] + ([("delta_loss", "delta loss (nats)", axes[1])] if with_loss else [])
+    if absorption:
+        _absorption_panel(axes[-1], absorption, names)
     for key, label, ax in panels:
         for name, r in rows.items():
             pts = [(p.prefix_end, p.values[key], p.interval(key)) for p in r if p.value(key) is not None]
@@ -152,8 +156,37 @@ def prefix_curves(metrics: Results) -> Plot | None:
         _png(fig),
         "Reconstruction (and spliced loss, when measured) using only the "
         "first N latents of each nested prefix; error bars are bootstrap intervals over sequences. A curve that "
-        "flattens early means the last groups add little.",
+        "flattens early means the last groups add little. Where absorption was measured, its panel shows the mean "
+        "absorption fraction of each prefix alone (main latents chosen inside it; error bars: bootstrap over "
+        "words): the question Matryoshka training asks is whether the early, general latents stop absorbing.",
     )
+
+
+def absorption_prefixes(m: TranscoderResult) -> list[tuple[int, float, Interval | None]]:
+    """(prefix end, mean absorption fraction, interval over words) of each nested prefix that was scored."""
+    found = m.absorption.extra.get("prefixes") if m.absorption else None
+    out = []
+    for p in found if isinstance(found, list) else []:
+        value = finite(p.get("mean_absorption_fraction")) if isinstance(p, dict) else None
+        if value is None or not isinstance(p.get("prefix_end"), int):
+            continue
+        iv = (p.get("intervals") or {}).get("mean_absorption_fraction")
+        out.append((p["prefix_end"], value, Interval.from_json(iv) if isinstance(iv, dict) else None))
+    return out
+
+
+def _absorption_panel(ax: Any, found: dict[str, list[tuple[int, float, Interval | None]]], names: list[str]) -> None:
+    for name, pts in found.items():
+        style = _style(names.index(name))
+        ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], label=name, **style)
+        for x, y, iv in pts:
+            err = _err(iv, y)
+            if err:
+                ax.errorbar([x], [y], yerr=err, color=style["color"], capsize=3, linewidth=1)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("latents in the prefix (first N)")
+    ax.set_ylabel("mean absorption fraction")
+    ax.legend(fontsize=8)
 
 
 def frontier(metrics: Results) -> Plot | None:
