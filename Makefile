@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup demo test test-fast test-interop clean
+.PHONY: setup demo test test-fast test-interop interop lint clean
 
 setup: $(VENV)/.installed
 
@@ -34,10 +34,21 @@ test-fast: setup
 # huggingface_hub, which are here already.
 CIRCUIT_TRACER_VERSION ?= 0.5.0
 
-test-interop: setup
+interop: $(VENV)/.interop
+
+$(VENV)/.interop: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[test,interop]"
 	$(PY) -m pip install --quiet --no-deps circuit-tracer==$(CIRCUIT_TRACER_VERSION)
-	$(PY) -m pytest -q tests/test_interop.py tests/test_formats_saelens.py
+	touch $@
+
+test-interop: interop
+	TRANSCODERBENCH_REQUIRE_INTEROP=1 $(PY) -m pytest -q tests/test_interop.py tests/test_formats_saelens.py
+
+# Format, lint and type check (CI runs these before the tests).
+lint: setup
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from interop import need
 from test_formats_common import D_IN, D_OUT, D_SAE, assert_margin, inputs, torch_out, weights
 from test_formats_native import make
 from transcoderbench.errors import UserError
@@ -214,7 +215,7 @@ def test_saelens_refusals(tmp_path):
 
 def test_real_saelens_loads_our_export(tmp_path):
     """Runs where SAELens is installed (it is not a dependency): SAELens computes our outputs."""
-    sae_lens = pytest.importorskip("sae_lens")
+    sae_lens = need("sae_lens")
     x = torch.from_numpy(inputs())
     for name, build in CASES.items():
         if "input_unit_norm" in name:
@@ -231,7 +232,7 @@ def test_real_saelens_loads_our_export(tmp_path):
 
 def test_real_saelens_files_import(tmp_path):
     """Runs where SAELens is installed: files SAELens itself saved load to the same function."""
-    sae_lens = pytest.importorskip("sae_lens")
+    sae_lens = need("sae_lens")
     from sae_lens.saes.sae import SAEMetadata
 
     x = torch.from_numpy(inputs())

@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from interop import need
 from transcoderbench.formats import export, load_transcoder
 from transcoderbench.transcoders import JumpReLUTranscoder, MatryoshkaTranscoder, TopKTranscoder
 
@@ -67,7 +68,7 @@ def topk(seed: int, *, transcode: bool = True, skip: bool = False) -> TopKTransc
 
 # ------------------------------------------------------------------------------- SAELens
 def test_saelens_constant_norm_rescale_both_ways(tmp_path):
-    sae_lens = pytest.importorskip("sae_lens")
+    sae_lens = need("sae_lens")
     from sae_lens.saes.sae import SAEMetadata
 
     cfg = sae_lens.StandardSAEConfig(d_in=D, d_sae=S, normalize_activations="constant_norm_rescale")
@@ -87,7 +88,7 @@ def test_saelens_constant_norm_rescale_both_ways(tmp_path):
 
 def test_saelens_reads_pre_6_topk_config_as_we_do(tmp_path):
     """A SAELens 5.x TopK layout: SAELens's own loader and ours give the same function (L0 <= k)."""
-    sae_lens = pytest.importorskip("sae_lens")
+    sae_lens = need("sae_lens")
     from safetensors.torch import save_file
 
     g = torch.Generator().manual_seed(2)
@@ -128,7 +129,7 @@ def test_saelens_reads_pre_6_topk_config_as_we_do(tmp_path):
 # ------------------------------------------------------------------------------ sparsify
 @pytest.mark.parametrize(("transcode", "skip"), [(True, False), (True, True), (False, False)])
 def test_sparsify_loads_our_export(tmp_path, transcode, skip):
-    sparsify = pytest.importorskip("sparsify")
+    sparsify = need("sparsify")
     tc = topk(3, transcode=transcode, skip=skip)
     out = export(tc, "sparsify", tmp_path / "run")
     coder = sparsify.SparseCoder.load_from_disk(out / "layers.2.mlp", device="cpu")
@@ -143,7 +144,7 @@ def test_sparsify_loads_our_export(tmp_path, transcode, skip):
 
 @pytest.mark.parametrize(("transcode", "skip"), [(True, False), (True, True), (False, False)])
 def test_sparsify_saved_coders_load_here(tmp_path, transcode, skip):
-    sparsify = pytest.importorskip("sparsify")
+    sparsify = need("sparsify")
     cfg = sparsify.SparseCoderConfig(num_latents=S, k=4, transcode=transcode, skip_connection=skip)
     coder = sparsify.SparseCoder(D, cfg, device="cpu")
     randomise(coder, 4)
@@ -178,7 +179,7 @@ def _load_set(directory: Path):
 
 @pytest.mark.parametrize("skip", [False, True])
 def test_circuit_tracer_loads_our_matryoshka_set(tmp_path, skip):
-    pytest.importorskip("circuit_tracer")
+    need("circuit_tracer")
     tcs = [matryoshka(layer, seed=layer, skip=skip) for layer in range(3)]
     tset = _load_set(export(tcs, "circuit_tracer", tmp_path / "set"))
     assert tset.feature_input_hook == "ln2.hook_normalized" and tset.feature_output_hook == "hook_mlp_out"
@@ -191,7 +192,7 @@ def test_circuit_tracer_loads_our_matryoshka_set(tmp_path, skip):
 
 
 def test_circuit_tracer_computes_our_negative_jumprelu_thresholds(tmp_path):
-    pytest.importorskip("circuit_tracer")
+    need("circuit_tracer")
     g = torch.Generator().manual_seed(5)
     tc = JumpReLUTranscoder(
         torch.randn(D, S, generator=g) * 0.5,
@@ -212,7 +213,7 @@ def test_circuit_tracer_computes_our_negative_jumprelu_thresholds(tmp_path):
 
 
 def test_circuit_tracer_saved_transcoders_load_here(tmp_path):
-    pytest.importorskip("circuit_tracer")
+    need("circuit_tracer")
     from circuit_tracer.transcoder.activation_functions import JumpReLU
     from circuit_tracer.transcoder.single_layer_transcoder import SingleLayerTranscoder
 
