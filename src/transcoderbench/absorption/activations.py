@@ -116,6 +116,8 @@ def _collect_shared_prefix(
     lm: LanguageModel, site: Site, contexts: list[Context], batch_size: int, advance: Callable[[int], object]
 ) -> Tensor:
     keyword = _cache_keyword(lm)
+    if keyword is None:  # callers check _cache_supported first
+        raise ValueError(f"{lm.name}: its forward takes no KV cache argument")
     stop = stop_point(lm, [site])
     out = []
     for context in contexts:

@@ -11,6 +11,7 @@ and overall means over the letters whose probe is good enough, with bootstrap in
 from __future__ import annotations
 
 import dataclasses
+import functools
 import statistics
 import sys
 import time
@@ -176,24 +177,28 @@ def build_probe_data(
             log(f"absorption: reusing probe and activations at {site.name} from {disk_cache.entry_dir(cache_dir, key)}")
             return data
 
+    train_words, test_words = options.absorption_train_words, options.absorption_test_words
+    batch, per_context = options.absorption_batch_size, options.absorption_words_per_context
+    if train_words is None or test_words is None or batch is None or per_context is None:
+        raise ValueError("absorption options must be resolved (AbsorptionOptions.resolved) before probing")
     vocab = letter_vocabulary(lm.tokenizer)
-    split = split_words(vocab, _seed(options, 0), options.absorption_train_words, options.absorption_test_words)
-    rng = np.random.default_rng(_seed(options, 1))
-    common = {
-        "template": options.absorption_prompt_template,
-        "n_examples": options.absorption_icl_examples,
-        "words_per_context": options.absorption_words_per_context,
-        "rng": rng,
-    }
-    bos = lm.bos_token_id
-    train_contexts = build_contexts(split.train, split.train_pool, lm.tokenizer, bos, **common)
-    test_contexts = build_contexts(split.test, split.test_pool, lm.tokenizer, bos, **common)
+    split = split_words(vocab, _seed(options, 0), train_words, test_words)
+    contexts = functools.partial(
+        build_contexts,
+        tokenizer=lm.tokenizer,
+        bos_id=lm.bos_token_id,
+        template=options.absorption_prompt_template,
+        n_examples=options.absorption_icl_examples,
+        words_per_context=per_context,
+        rng=np.random.default_rng(_seed(options, 1)),
+    )
+    train_contexts = contexts(split.train, split.train_pool)
+    test_contexts = contexts(split.test, split.test_pool)
     check_prompt_length(lm, train_contexts + test_contexts)
     log(
         f"absorption: {len(split.train)} training and {len(split.test)} test words (of {split.vocab_size} letter-only "
         f"tokens), {options.absorption_icl_examples} in-context examples, read at {site.name}"
     )
-    batch = options.absorption_batch_size
     x_train = collect(
         lm, site, train_contexts, batch_size=batch, show_progress=show_progress, desc="absorption: train words"
     )
