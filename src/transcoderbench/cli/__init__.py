@@ -17,8 +17,10 @@ from collections.abc import Mapping, Sequence
 import transformers
 
 from transcoderbench.cli import absorption, compare, demo, evaluate, report, train
+from transcoderbench.cli.common import release_output_dirs
 from transcoderbench.cli.flags import OneLineParser
 from transcoderbench.errors import UserError, render
+from transcoderbench.io import printable
 
 __all__ = ["build_parser", "main"]
 
@@ -44,8 +46,9 @@ def quiet_libraries() -> None:
 
 
 def error_line(exc: UserError, flags: Mapping[str, str]) -> str:
-    """``error: ...`` with config fields shown as the flags of the command that ran."""
-    return f"error: {render(str(exc), flags)}"
+    """``error: ...`` with config fields shown as the flags of the command that ran; always one line
+    (newlines and terminal escape codes in paths or flag values are shown escaped)."""
+    return f"error: {printable(render(str(exc), flags))}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        release_output_dirs()
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from transcoderbench.errors import UserError
-from transcoderbench.io import json_ready, write_files
+from transcoderbench.io import json_ready, printable, write_files
 from transcoderbench.report.catalog import (
     METRICS,
     PREFIX_COLUMNS,
@@ -113,7 +113,7 @@ def load_records(directory: str | Path) -> tuple[RunMeta, dict[str, TranscoderRe
         comparison = Comparison.from_json(_read_json(comp_path), str(comp_path))
         metrics: dict[str, TranscoderResult] = {}
         for name in comparison.transcoders:
-            path = d / f"{name}_metrics.json"
+            path = _inside(d, f"{name}_metrics.json", comp_path)
             if not path.is_file():
                 raise UserError(
                     f"{comp_path} names transcoder {name!r} but {path.name} is missing from {d}: "
@@ -128,6 +128,21 @@ def load_records(directory: str | Path) -> tuple[RunMeta, dict[str, TranscoderRe
     raise UserError(
         f"{d} has neither metrics.json nor comparison.json: pass the --output_dir of an evaluate or compare run"
     )
+
+
+def _inside(d: Path, file_name: str, named_in: Path) -> Path:
+    """``d / file_name``, refusing names that would read outside ``d`` (``../x``, absolute, symlinks out)."""
+    path = d / file_name
+    try:
+        inside = "/" not in file_name and "\\" not in file_name and path.resolve().is_relative_to(d.resolve())
+    except (OSError, RuntimeError):
+        inside = False
+    if not inside:
+        raise UserError(
+            f"{named_in}: the transcoder name in {printable(file_name)!r} points outside {d}; names may use only "
+            "letters, digits, . _ -"
+        )
+    return path
 
 
 def load_results(directory: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Any] | None]:
