@@ -303,6 +303,10 @@ class AbsorptionOptions:
         }.items():
             check_range(value, f"absorption.{name}", 0, MAX_COUNT)
         check_template(self.absorption_prompt_template)
+        if self.absorption_cache and self.absorption_cache_dir:
+            from transcoderbench.io import check_output_folder  # io imports torch; config stays light
+
+            check_output_folder(self.absorption_cache_dir, "--absorption-cache-dir")
         if self.absorption_prompt_template.count("{word}") != 1:
             raise UserError(
                 f"--absorption-prompt-template {self.absorption_prompt_template!r}: must contain {{word}} exactly once"

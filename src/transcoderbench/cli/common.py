@@ -56,6 +56,22 @@ def release_output_dirs() -> None:
     _claimed.clear()
 
 
+#: Longest transcoder name: ``NAME_metrics.json`` must stay a valid file name (255 bytes) everywhere.
+MAX_NAME = 100
+
+
+def check_name(name: str, flag: str = "--name") -> str:
+    """A transcoder name becomes file names and plot labels: letters, digits, ``. _ -`` only (no ``$``
+    math text, no path separators), at most :data:`MAX_NAME` characters, and not ``.``/``..``.
+    Every command checks names this way, before anything runs."""
+    if not NAME_PATTERN.fullmatch(name) or name in (".", "..") or len(name) > MAX_NAME:
+        shown = name if len(name) <= 40 else name[:37] + "..."
+        raise UserError(
+            f"{flag} {shown!r}: a transcoder name must be 1-{MAX_NAME} letters, digits, . _ - (it names files)"
+        )
+    return name
+
+
 def named_specs(pairs: Sequence[tuple[str, str, str]], items: Sequence[str] | None) -> dict[str, str]:
     """``name -> spec`` from fixed ``(name, spec, flag)`` pairs plus ``--transcoder NAME=SPEC`` items.
 
@@ -64,11 +80,12 @@ def named_specs(pairs: Sequence[tuple[str, str, str]], items: Sequence[str] | No
     all_pairs = list(pairs)
     for item in items or []:
         name, sep, spec = item.partition("=")
-        if not sep or not name or not spec or not NAME_PATTERN.fullmatch(name):
+        if not sep or not name or not spec:
             raise UserError(f"--transcoder {item!r}: expected NAME=SPEC with NAME made of letters, digits, . _ -")
         all_pairs.append((name, spec, "--transcoder"))
     specs: dict[str, str] = {}
     for name, spec, flag in all_pairs:
+        check_name(name, flag)
         if name in specs:
             raise UserError(f"{flag}: the name {name!r} is used twice; give each transcoder its own name")
         specs[name] = spec

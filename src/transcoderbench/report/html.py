@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -124,17 +125,29 @@ def load_records(directory: str | Path) -> tuple[RunMeta, dict[str, TranscoderRe
     metrics_path = d / "metrics.json"
     if metrics_path.is_file():
         meta, m = _read_result(metrics_path)
-        return RunMeta.from_json(meta, f"{metrics_path}: meta"), {str(m.name or "transcoder"): m}, None
+        name = str(m.name or "transcoder")
+        if not _NAME.fullmatch(name):
+            raise UserError(f"{metrics_path}: name {printable(name)!r} may use only letters, digits, . _ - ; fix it")
+        return RunMeta.from_json(meta, f"{metrics_path}: meta"), {name: m}, None
     raise UserError(
         f"{d} has neither metrics.json nor comparison.json: pass the --output_dir of an evaluate or compare run"
     )
+
+
+#: Transcoder names as every command accepts them (they name files and label plots; no ``$`` math text).
+_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 def _inside(d: Path, file_name: str, named_in: Path) -> Path:
     """``d / file_name``, refusing names that would read outside ``d`` (``../x``, absolute, symlinks out)."""
     path = d / file_name
     try:
-        inside = "/" not in file_name and "\\" not in file_name and path.resolve().is_relative_to(d.resolve())
+        inside = (
+            _NAME.fullmatch(file_name) is not None
+            and "/" not in file_name
+            and "\\" not in file_name
+            and path.resolve().is_relative_to(d.resolve())
+        )
     except (OSError, RuntimeError):
         inside = False
     if not inside:
