@@ -25,6 +25,8 @@ from transcoderbench.io import printable
 __all__ = ["build_parser", "main"]
 
 COMMANDS = (evaluate, compare, report, absorption, train, demo)
+#: Longest error line printed (characters); longer ones keep their start and end.
+MAX_ERROR = 1000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +50,10 @@ def quiet_libraries() -> None:
 def error_line(exc: UserError, flags: Mapping[str, str]) -> str:
     """``error: ...`` with config fields shown as the flags of the command that ran; always one line
     (newlines and terminal escape codes in paths or flag values are shown escaped)."""
-    return f"error: {printable(render(str(exc), flags))}"
+    text = printable(render(str(exc), flags))
+    if len(text) > MAX_ERROR:  # a huge value pasted into a config or flag
+        text = text[: MAX_ERROR - 20] + " ... " + text[-15:]
+    return f"error: {text}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
