@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from safetensors.torch import save_file
 
 from test_cli import FAST, assert_user_error, hidden_size, native_matryoshka, run_cli
 from transcoderbench.cli import error_line
