@@ -172,7 +172,7 @@ def flag_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
             ["--absorption", "--absorption_cache_dir", str(tmp_path / "afile")],
             r"--absorption-cache-dir .*not a folder",
         ),
-        "seq_len": (["--seq_len", "4096"], r"--seq_len 4096: longer than .* 128 positions"),
+        "seq_len": (["--seq_len", "4096"], r"--seq_len 4096: longer than .*\(128 positions\)"),
         "math_name": (["--name", "$\\foo$"], r"--name '\$\\\\foo\$'"),
         "long_name": (["--name", "n" * 300], r"--name 'nnn.*1-100 letters"),
     }
@@ -337,3 +337,14 @@ def test_report_on_json_of_the_wrong_shape_is_one_line(tmp_path):
         proc = run_cli("report", str(d))
         assert_user_error(proc, r"metrics\.json")
         assert not (d / "report.html").exists()
+
+
+def test_non_utf8_config_file_is_one_line(tmp_path):
+    from transcoderbench.train.config import read_config_file
+
+    (tmp_path / "c.json").write_bytes(b'{"lr": "\xff\xfe"}')
+    with pytest.raises(UserError, match="not UTF-8"):
+        read_config_file(tmp_path / "c.json")
+    (tmp_path / "d.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(UserError, match="nested too deeply"):
+        read_config_file(tmp_path / "d.json")
