@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -47,6 +48,19 @@ def opt(default: Any, help: str, **metadata: Any) -> Any:
     return field(default=default, metadata={"help": help, **metadata})
 
 
+#: Upper bounds far beyond any real run; a larger number is a typo (``1e20``) that would otherwise
+#: overflow or try to allocate absurd memory deep inside the pass.
+MAX_COUNT = 10**9
+MAX_SEED = 2**32 - 1
+_DEVICE = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)", re.IGNORECASE)
+
+
+def check_range(value: int | float | None, field: str, low: int | float, high: int | float, hint: str = "") -> None:
+    """``low <= value <= high`` (None passes), else a one-line error naming the field."""
+    if value is not None and not low <= value <= high:
+        raise UserError(f"`{field}` {value}: must be between {low} and {high:,}{hint}", field=field)
+
+
 @dataclass
 class ModelConfig:
     """Language model"""
@@ -64,6 +78,14 @@ class ModelConfig:
     )
     trust_remote_code: bool = opt(False, "allow code from the model or dataset repository to run (off by default)")
 
+    def check(self) -> ModelConfig:
+        if not _DEVICE.fullmatch(str(self.device).strip()):
+            raise UserError(
+                f"`model.device` {self.device!r}: not a device transcoderbench runs on; use auto, cpu, cuda, cuda:N or mps",
+                field="model.device",
+            )
+        return self
+
 
 @dataclass
 class DataConfig:
@@ -80,6 +102,12 @@ class DataConfig:
     batches: int = opt(1000, "number of batches to read (stops earlier if the dataset runs out)")
     batch_size: int = opt(8, "sequences per batch")
     seq_len: int = opt(128, "tokens per sequence, BOS included")
+
+    def check(self) -> DataConfig:
+        check_range(self.batches, "data.batches", 1, MAX_COUNT)
+        check_range(self.batch_size, "data.batch_size", 1, 1_000_000)
+        check_range(self.seq_len, "data.seq_len", 2, 10_000_000)
+        return self
 
 
 @dataclass
@@ -113,6 +141,11 @@ class DownstreamConfig:
         None, "spliced variants stacked into one pass of the remaining layers (default: 4 on GPU, 1 on CPU)"
     )
 
+    def check(self) -> DownstreamConfig:
+        check_range(self.mean_ablation_batches, "downstream.mean_ablation_batches", 0, MAX_COUNT)
+        check_range(self.variants_per_pass, "downstream.variants_per_pass", 1, 1024, " (or leave it unset)")
+        return self
+
 
 @dataclass
 class BootstrapOptions:
@@ -125,6 +158,8 @@ class BootstrapOptions:
     confidence: float = opt(0.95, "confidence level of the bootstrap intervals")
 
     def check(self) -> BootstrapOptions:
+        check_range(self.bootstrap_resamples, "bootstrap.bootstrap_resamples", 0, 1_000_000)
+        check_range(self.bootstrap_seed, "bootstrap.bootstrap_seed", 0, MAX_SEED)
         if self.bootstrap_resamples < 0:
             raise UserError(f"`bootstrap.bootstrap_resamples` {self.bootstrap_resamples}: must be 0 (off) or positive")
         if not 0.0 < self.confidence < 1.0:
@@ -258,6 +293,20 @@ class AbsorptionOptions:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise UserError(f"--{name.replace('_', '-')} {value}: must be 0 (all words) or more")
+        for name in ("absorption_seed", "absorption_bootstrap_seed"):
+            check_range(getattr(self, name), f"absorption.{name}", 0, MAX_SEED)
+        for name, value in {
+            **positive,
+            "absorption_train_words": self.absorption_train_words,
+            "absorption_test_words": self.absorption_test_words,
+            "absorption_bootstrap_resamples": self.absorption_bootstrap_resamples,
+        }.items():
+            check_range(value, f"absorption.{name}", 0, MAX_COUNT)
+        check_template(self.absorption_prompt_template)
+        if self.absorption_cache and self.absorption_cache_dir:
+            from transcoderbench.io import check_output_folder  # io imports torch; config stays light
+
+            check_output_folder(self.absorption_cache_dir, "--absorption-cache-dir")
         if self.absorption_prompt_template.count("{word}") != 1:
             raise UserError(
                 f"--absorption-prompt-template {self.absorption_prompt_template!r}: must contain {{word}} exactly once"
@@ -266,6 +315,18 @@ class AbsorptionOptions:
             raise UserError("--absorption-prompt-template: must be one line (examples are separated by newlines)")
         if self.absorption_probe_lr <= 0:
             raise UserError(f"--absorption-probe-lr {self.absorption_probe_lr}: must be positive")
+
+
+def check_template(template: str) -> None:
+    """The prompt template must format with ``word`` alone: stray braces or other placeholders would
+    otherwise fail only after the whole token pass."""
+    try:
+        template.format(word="cat")
+    except (KeyError, IndexError, ValueError, AttributeError) as exc:
+        raise UserError(
+            f"--absorption-prompt-template {template!r}: not a valid template ({type(exc).__name__}: {exc}); "
+            "use {word} once and write literal braces as {{ and }}"
+        ) from None
 
 
 @dataclass
@@ -286,6 +347,16 @@ class EvalConfig:
     )
     progress: bool = opt(True, "show progress bars")
 
+    def check(self) -> EvalConfig:
+        """Every setting that can be checked without the model, before anything is loaded."""
+        self.model.check()
+        self.data.check()
+        self.downstream.check()
+        self.bootstrap.check()
+        if self.run_absorption:
+            self.absorption.check()
+        return self
+
 
 @dataclass
 class AbsorptionConfig:
@@ -295,6 +366,11 @@ class AbsorptionConfig:
     select: SelectConfig = field(default_factory=SelectConfig)
     absorption: AbsorptionOptions = field(default_factory=AbsorptionOptions)
     progress: bool = opt(True, "show progress bars")
+
+    def check(self) -> AbsorptionConfig:
+        self.model.check()
+        self.absorption.check()
+        return self
 
 
 def model_record(model: ModelConfig, progress: bool) -> dict[str, Any]:

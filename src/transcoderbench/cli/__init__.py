@@ -17,12 +17,16 @@ from collections.abc import Mapping, Sequence
 import transformers
 
 from transcoderbench.cli import absorption, compare, demo, evaluate, export, report, train
+from transcoderbench.cli.common import release_output_dirs
 from transcoderbench.cli.flags import OneLineParser
 from transcoderbench.errors import UserError, render
+from transcoderbench.io import printable
 
 __all__ = ["build_parser", "main"]
 
 COMMANDS = (evaluate, compare, report, absorption, train, demo, export)
+#: Longest error line printed (characters); longer ones keep their start and end.
+MAX_ERROR = 1000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,8 +48,12 @@ def quiet_libraries() -> None:
 
 
 def error_line(exc: UserError, flags: Mapping[str, str]) -> str:
-    """``error: ...`` with config fields shown as the flags of the command that ran."""
-    return f"error: {render(str(exc), flags)}"
+    """``error: ...`` with config fields shown as the flags of the command that ran; always one line
+    (newlines and terminal escape codes in paths or flag values are shown escaped)."""
+    text = printable(render(str(exc), flags))
+    if len(text) > MAX_ERROR:  # a huge value pasted into a config or flag
+        text = text[: MAX_ERROR - 20] + " ... " + text[-15:]
+    return f"error: {text}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        release_output_dirs()
 
 
 if __name__ == "__main__":

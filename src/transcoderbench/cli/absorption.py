@@ -54,7 +54,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args, AbsorptionConfig)
     options = config.absorption
-    options.check()
+    config.check()
     specs = named_specs([(args.name, args.checkpoint, "--checkpoint")] if args.checkpoint else [], args.transcoder)
     if not specs:
         raise UserError("absorption needs a transcoder: --checkpoint PATH or --transcoder NAME=SPEC")

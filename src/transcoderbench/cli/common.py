@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 
 from transcoderbench.errors import UserError
 from transcoderbench.evaluate import EvaluationResult
-from transcoderbench.io import write_files
+from transcoderbench.io import check_output_folder, directory_lock, printable, recover_outputs, write_files
 from transcoderbench.report.comparison import comparison_record, comparison_summary
 from transcoderbench.report.html import add_report
 
@@ -26,10 +27,49 @@ def default_eval_dir(checkpoint: str) -> Path:
     return Path("interpretability_eval") / re.sub(r"[^A-Za-z0-9._-]+", "_", checkpoint)
 
 
+#: Output-folder locks this process holds; released when the command ends (``cli.main``).
+HELD = contextlib.ExitStack()
+_claimed: set[Path] = set()
+
+
 def check_output_dir(path: Path, flag: str = "--output_dir") -> Path:
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{flag} {path} exists and is not a directory: choose another {flag}")
+    """Claim an output folder before the long pass: refuse an unwritable one, and lock it so a second
+    run writing there gets a one-line error now rather than a mix of two runs' files later."""
+    return claim_output_dir(check_output_folder(path, flag))
+
+
+def claim_output_dir(path: Path) -> Path:
+    """Lock ``path`` for the rest of the command (once per process); finish or clean what a killed
+    earlier run left there. Creates nothing but the hidden lock file, removed again at exit."""
+    key = Path(path).expanduser().absolute()
+    if key not in _claimed:
+        HELD.enter_context(directory_lock(key))
+        _claimed.add(key)
+        if key.is_dir():
+            recover_outputs(key)
     return path
+
+
+def release_output_dirs() -> None:
+    """Release every output-folder lock this process holds."""
+    HELD.close()
+    _claimed.clear()
+
+
+#: Longest transcoder name: ``NAME_metrics.json`` must stay a valid file name (255 bytes) everywhere.
+MAX_NAME = 100
+
+
+def check_name(name: str, flag: str = "--name") -> str:
+    """A transcoder name becomes file names and plot labels: letters, digits, ``. _ -`` only (no ``$``
+    math text, no path separators), at most :data:`MAX_NAME` characters, and not ``.``/``..``.
+    Every command checks names this way, before anything runs."""
+    if not NAME_PATTERN.fullmatch(name) or name in (".", "..") or len(name) > MAX_NAME:
+        shown = name if len(name) <= 40 else name[:37] + "..."
+        raise UserError(
+            f"{flag} {shown!r}: a transcoder name must be 1-{MAX_NAME} letters, digits, . _ - (it names files)"
+        )
+    return name
 
 
 def named_specs(pairs: Sequence[tuple[str, str, str]], items: Sequence[str] | None) -> dict[str, str]:
@@ -40,11 +80,12 @@ def named_specs(pairs: Sequence[tuple[str, str, str]], items: Sequence[str] | No
     all_pairs = list(pairs)
     for item in items or []:
         name, sep, spec = item.partition("=")
-        if not sep or not name or not spec or not NAME_PATTERN.fullmatch(name):
+        if not sep or not name or not spec:
             raise UserError(f"--transcoder {item!r}: expected NAME=SPEC with NAME made of letters, digits, . _ -")
         all_pairs.append((name, spec, "--transcoder"))
     specs: dict[str, str] = {}
     for name, spec, flag in all_pairs:
+        check_name(name, flag)
         if name in specs:
             raise UserError(f"{flag}: the name {name!r} is used twice; give each transcoder its own name")
         specs[name] = spec
@@ -70,6 +111,7 @@ def write_outputs(
     """Add report.html (when ``result`` is given), write every file atomically, and print where they went."""
     if result is not None:
         files = add_report(files, result.meta, result.metrics, comparison)
+    claim_output_dir(out_dir)
     paths = write_files(out_dir, files)
     if show:
         print_outputs(paths)
@@ -79,4 +121,4 @@ def write_outputs(
 def print_outputs(paths: Sequence[Path]) -> None:
     print("wrote:")
     for p in paths:
-        print(f"  {p}")
+        print(f"  {printable(p)}")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from transcoderbench.cli.common import check_output_dir, default_eval_dir, write_outputs
+from transcoderbench.cli.common import check_name, check_output_dir, default_eval_dir, write_outputs
 from transcoderbench.cli.flags import FlagTable, add_config_flags, add_flag, config_from_args
 from transcoderbench.config import EvalConfig
 from transcoderbench.evaluate import evaluate_transcoders, load_transcoders
@@ -45,6 +45,7 @@ def add_eval_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_name(args.name)
     out_dir = check_output_dir(Path(args.output_dir) if args.output_dir else default_eval_dir(args.checkpoint))
     config = config_from_args(args, EvalConfig)
     transcoders = load_transcoders({args.name: args.checkpoint}, config.select)

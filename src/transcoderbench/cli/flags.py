@@ -15,6 +15,7 @@ import sys
 from typing import Any, TypeVar
 
 from transcoderbench.config import coerce, field_types, unwrap_optional
+from transcoderbench.io import printable
 
 T = TypeVar("T")
 
@@ -23,7 +24,7 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, but a flag error is one line naming the flag, and exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+        self.exit(2, f"error: {printable(message)} (see `{self.prog} --help`)\n")
 
 
 def flag_names(name: str) -> list[str]:

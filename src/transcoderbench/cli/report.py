@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
-from transcoderbench.cli.common import print_outputs
+from transcoderbench.cli.common import claim_output_dir, print_outputs
 from transcoderbench.report.html import write_report
 
 
@@ -21,5 +22,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if Path(args.directory).is_dir():
+        claim_output_dir(Path(args.directory))  # one writer at a time; finish a swap a killed run left
     print_outputs([write_report(args.directory)])
     return 0

@@ -152,6 +152,10 @@ def _file_source(spec: str, path: Path, text_field: str) -> TextSource:
                 "`data.dataset` to use the built-in corpus"
             )
     else:
+        if not path.is_file():  # a FIFO, socket or device would block or never end
+            raise UserError(
+                f"`data.dataset` {spec}: not a regular file (a pipe, socket or device); save the text to a file first"
+            )
         if path.suffix.lower() not in TEXT_SUFFIXES:
             raise UserError(
                 f"`data.dataset` {spec}: unsupported file type {path.suffix or '(none)'}; pass a .txt "
@@ -187,6 +191,8 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError:
                 raise UserError(f"{path}:{lineno}: not valid UTF-8; re-save the file as UTF-8") from None
+            if "\x00" in line:
+                raise UserError(f"{path}:{lineno}: holds NUL bytes, so it is not text; pass a text file") from None
             yield lineno, (line[:-2] + "\n" if line.endswith("\r\n") else line)
 
 
@@ -211,6 +217,8 @@ def _jsonl_texts(path: Path, text_field: str) -> Iterator[str]:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from None
+        except RecursionError:
+            raise UserError(f"{path}:{lineno}: JSON nested too deeply; fix or remove that line") from None
         if not isinstance(record, dict):
             raise UserError(
                 f"{path}:{lineno}: expected a JSON object with a {text_field!r} key, got "

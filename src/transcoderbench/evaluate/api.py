@@ -27,6 +27,7 @@ from transcoderbench.evaluate.runs import AccumulatorFactory
 from transcoderbench.evaluate.splice import plan_downstream
 from transcoderbench.formats import load_transcoder
 from transcoderbench.lm import LanguageModel, load_language_model, resolve_model_name
+from transcoderbench.lm.loading import check_seq_len
 from transcoderbench.metrics import default_accumulators, weight_metrics
 from transcoderbench.metrics.bootstrap import attach_uncertainty
 from transcoderbench.transcoders import Transcoder
@@ -119,11 +120,18 @@ def evaluate_transcoders(
     say = log or (lambda msg: print(msg, file=sys.stderr))
     config = config or EvalConfig()
     data, downstream = config.data, config.downstream
-    bootstrap = config.bootstrap.check()
+    bootstrap = config.check().bootstrap
     if make_accumulators is default_accumulators:
         make_accumulators = functools.partial(default_accumulators, bootstrap=bootstrap)
     if data.batches <= 0 or data.batch_size <= 0 or data.seq_len < 2:
         raise UserError("`data.batches` and `data.batch_size` must be positive and `data.seq_len` at least 2")
+    source = resolve_text_source(
+        data.dataset,
+        text_field=data.text_field,
+        split=data.dataset_split,
+        dataset_config=data.dataset_config,
+        trust_remote_code=config.model.trust_remote_code,
+    )
     if lm is None:
         model_name = choose_model(transcoders, config.model.name)
         say(f"loading language model {model_name} ...")
@@ -133,15 +141,9 @@ def evaluate_transcoders(
             dtype=config.model.dtype,
             trust_remote_code=config.model.trust_remote_code,
         )
+    check_seq_len(lm, data.seq_len)
     n_sequences = data.batches * data.batch_size
     runs = prepare_runs(lm, transcoders, make_accumulators, n_sequences=n_sequences)
-    source = resolve_text_source(
-        data.dataset,
-        text_field=data.text_field,
-        split=data.dataset_split,
-        dataset_config=data.dataset_config,
-        trust_remote_code=config.model.trust_remote_code,
-    )
     planned = data.batches * data.batch_size * data.seq_len
     say(
         f"reading up to {planned:,} tokens ({data.batches} batches x {data.batch_size} sequences x {data.seq_len} tokens) "

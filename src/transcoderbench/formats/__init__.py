@@ -19,6 +19,7 @@ from transcoderbench.formats.hub import download_hub_file, list_hub_files, parse
 from transcoderbench.formats.native import save_native
 from transcoderbench.formats.registry import REGISTRY, Entry, Select, expected_layouts, register
 from transcoderbench.formats.saelens import export_saelens
+from transcoderbench.io import one_line, printable
 from transcoderbench.transcoders import Transcoder
 
 # Detection order: the first entry whose detect() accepts a path wins.
@@ -79,6 +80,10 @@ def _detect_local(path: Path) -> Entry:
     raise UserError(f"{path}: not a transcoder checkpoint (it holds {shown}); {expected_layouts()}")
 
 
+#: What a reader raises on config values of unforeseen types or shapes (``{"k": [1]}``, deep nesting).
+_MALFORMED = (TypeError, ValueError, KeyError, IndexError, AttributeError, RecursionError, OverflowError, OSError)
+
+
 def load_transcoder(
     spec: str,
     *,
@@ -97,13 +102,20 @@ def load_transcoder(
     """
     select = Select(layer=layer, width=width, l0=l0)
     path = Path(spec).expanduser()
-    if path.exists():
-        entry = _detect_local(path)
-        tc = entry.load(path, select=select, device=device)
-    else:
-        if not parse_hub_id(spec):
-            detect_format(spec)  # raises the "no such file" error
-        entry, tc = _load_hub(spec, select, device)
+    try:
+        if path.exists():
+            entry = _detect_local(path)
+            tc = entry.load(path, select=select, device=device)
+        else:
+            if not parse_hub_id(spec):
+                detect_format(spec)  # raises the "no such file" error
+            entry, tc = _load_hub(spec, select, device)
+    except UserError:
+        raise
+    except _MALFORMED as exc:  # a config value of a type no reader check foresaw: still the file's fault
+        raise UserError(
+            f"{printable(spec)}: a malformed checkpoint ({type(exc).__name__}: {one_line(exc)}); re-export or re-download it"
+        ) from None
     if not entry.selects:
         ignored = [name for name, v in (("select.width", width), ("select.l0", l0)) if v is not None]
         if ignored:
@@ -116,6 +128,11 @@ def load_transcoder(
 
 def _check_layer(tc: Transcoder, layer: int | None, spec: str) -> None:
     own = tc.info.get("layer")
+    if own is not None and (isinstance(own, bool) or not isinstance(own, int)):
+        try:
+            own = int(own)
+        except (TypeError, ValueError):
+            raise UserError(f"{printable(spec)}: its layer is {own!r}, not a whole number; fix its config") from None
     if layer is not None and own is not None and int(own) != int(layer):
         raise UserError(
             f"{spec}: is a layer-{own} transcoder but select.layer is {layer}; leave select.layer unset or set it to {own}"

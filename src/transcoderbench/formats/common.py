@@ -98,6 +98,8 @@ def to_float32(tensors: Mapping[str, Any], source: Path | str) -> tuple[dict[str
     out: dict[str, Tensor] = {}
     dtypes: set[str] = set()
     for k, v in tensors.items():
+        if isinstance(v, np.ndarray) and v.dtype.kind not in "fiub":
+            raise UserError(f"{source}: array {k!r} holds {v.dtype} values, expected floating point numbers")
         t = torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
         if not isinstance(t, Tensor):
             raise UserError(f"{source}: entry {k!r} is a {type(v).__name__}, expected a tensor")
@@ -127,6 +129,10 @@ def check_shapes(
     if W_enc.ndim != 2 or W_dec.ndim != 2:
         raise UserError(f"{source}: W_enc {shape(W_enc)} and W_dec {shape(W_dec)} must both be matrices")
     n_in, n_sae = shape(W_enc)
+    if 0 in shape(W_enc) or 0 in shape(W_dec):
+        raise UserError(
+            f"{source}: W_enc {shape(W_enc)} and W_dec {shape(W_dec)} have a zero size; nothing to evaluate"
+        )
     if W_dec.shape[0] != n_sae:
         raise UserError(
             f"{source}: W_enc is {shape(W_enc)} ([d_in, d_sae]) but W_dec is {shape(W_dec)}, expected [{n_sae}, d_out]; "
@@ -146,6 +152,8 @@ def check_shapes(
     if threshold == "scalar" and t["threshold"].numel() != 1:
         raise UserError(f"{source}: threshold has shape {shape(t['threshold'])}, expected a single number")
     for name, declared, actual in (("d_in", d_in, n_in), ("d_sae", d_sae, n_sae), ("d_out", d_out, n_out)):
+        if declared is not None and declared < 1:
+            raise UserError(f"{source}: the config says {name}={declared}; it must be at least 1")
         if declared is not None and declared != actual:
             raise UserError(
                 f"{source}: the config says {name}={declared} but the weights have {name}={actual} "

@@ -29,6 +29,23 @@ WEIGHTS = "model.safetensors"
 _PROVENANCE = ("format", "source")
 
 
+#: Arguments ``build`` and the constructors take themselves; a hyperparameter may not reuse them.
+_RESERVED = frozenset(
+    {*WEIGHT_KEYS, "W_skip", "input_site", "output_site", "info", "device", "source", "cls", "t"}
+    | {"prefix_ends", "input_unit_norm", "constant_norm_rescale"}
+)
+
+
+def _mapping(cfg: dict[str, Any], key: str, cfg_path: Path) -> dict[str, Any]:
+    """``cfg[key]`` as a JSON object (absent or null: empty), else a one-line error."""
+    value = cfg.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"{cfg_path}: {key} is a {type(value).__name__}, expected a JSON object {{...}}")
+    return value
+
+
 def is_native_dir(directory: Path) -> bool:
     """``config.json`` + ``model.safetensors``; :func:`load_native` then checks the config is ours
     (so a broken config.json is reported as such, not as an unknown directory)."""
@@ -88,7 +105,7 @@ def load_native(directory: Path, *, device: str = "cpu") -> Transcoder:
     if version is None or version > FORMAT_VERSION:
         raise UserError(f"{cfg_path}: format_version {version} is newer than this transcoderbench reads; upgrade it")
     arch = cfg.get("architecture")
-    if arch not in ARCHITECTURES:
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
         raise UserError(
             f"{cfg_path}: unknown architecture {arch!r}; expected one of {', '.join(sorted(ARCHITECTURES))}"
         )
@@ -111,10 +128,21 @@ def load_native(directory: Path, *, device: str = "cpu") -> Transcoder:
         d_sae=as_int(cfg.get("d_sae"), key="d_sae", source=cfg_path),
         d_out=as_int(cfg.get("d_out"), key="d_out", source=cfg_path),
     )
-    hyper = dict(cfg.get("hyperparameters") or {})
+    hyper = dict(_mapping(cfg, "hyperparameters", cfg_path))
     hyper.update(extra)  # the tensor is the exact value (e.g. BatchTopK's scalar threshold)
+    clash = sorted(set(hyper) & _RESERVED)
+    if clash:
+        raise UserError(
+            f"{cfg_path}: hyperparameters or extra tensors named {', '.join(clash)} collide with the transcoder's "
+            "own arguments; the checkpoint is not one transcoderbench wrote"
+        )
+    for key in ("layer", "format_version"):
+        as_int(cfg.get(key), key=key, source=cfg_path)
 
-    info: dict[str, Any] = dict(cfg.get("info") or {})
+    info: dict[str, Any] = dict(_mapping(cfg, "info", cfg_path))
+    as_int(info.get("layer"), key="info.layer", source=cfg_path)
+    if not isinstance(info.get("notes") or [], list):
+        raise UserError(f"{cfg_path}: info.notes is {type(info['notes']).__name__}, expected a list of strings")
     earlier = {k: info[k] for k in _PROVENANCE if k in info and info[k] != "native"}
     if earlier:
         info["converted_from"] = earlier

@@ -24,7 +24,16 @@ import torch
 
 import transcoderbench
 from transcoderbench.errors import UserError
-from transcoderbench.formats.common import as_bool, as_int, build, check_shapes, require_keys, shape, to_float32
+from transcoderbench.formats.common import (
+    as_bool,
+    as_int,
+    build,
+    check_shapes,
+    parse_value,
+    require_keys,
+    shape,
+    to_float32,
+)
 from transcoderbench.formats.registry import Entry, HubChoice, Select, in_prefix, one_transcoder
 from transcoderbench.io import atomic_directory, load_safetensors, read_json, save_safetensors, write_json
 from transcoderbench.lm.sites import layer_of_site
@@ -289,7 +298,12 @@ def load_saelens(directory: Path, *, device: str = "cpu") -> Transcoder:
 
     wanted = ours.get("architecture")
     if wanted in ("batchtopk", "matryoshka_batchtopk") and "threshold" in ours:
-        scalar = torch.tensor(float(ours["threshold"]), dtype=torch.float32)
+        value = parse_value(ours["threshold"])
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(
+                f"{cfg_path}: metadata.transcoderbench.threshold is {value!r}, expected a number; fix or remove it"
+            )
+        scalar = torch.tensor(float(value), dtype=torch.float32)
         if torch.equal(threshold, scalar.clamp(min=0).expand_as(threshold)):
             return build(
                 ARCHITECTURES[wanted],

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,8 @@ from huggingface_hub.errors import HfHubHTTPError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from transcoderbench.errors import UserError
+from transcoderbench.io import directory_lock, fault_point, sibling_tempdir, swap_in
 from transcoderbench.io import one_line as _one_line
-from transcoderbench.io import sibling_tempdir, swap_in
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,25 @@ class LanguageModel:
         }
 
 
+def max_positions(lm: LanguageModel) -> int | None:
+    """The longest sequence the model's position embeddings allow (None when it does not say)."""
+    config = lm.model.config.get_text_config()
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_seq_len(lm: LanguageModel, seq_len: int) -> None:
+    """Refuse sequences longer than the model's positions before the pass (not an index error inside it)."""
+    limit = max_positions(lm)
+    if limit is not None and seq_len > limit:
+        raise UserError(
+            f"`data.seq_len` {seq_len}: longer than {lm.name} allows ({limit} positions); use at most {limit}"
+        )
+
+
 def resolve_model_name(name: str) -> str:
     """Map short names to what loading understands; anything else is returned unchanged."""
     stripped = name.strip()
@@ -164,6 +184,8 @@ def parse_device(device: str | torch.device) -> torch.device:
             dev = torch.device(text)
         except RuntimeError:
             raise UserError(f"`model.device` {device}: not a device; use cpu, cuda, cuda:N or auto") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"`model.device` {device}: transcoderbench runs on cpu, cuda or mps, not {dev.type}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"`model.device` {device}: CUDA is not available here; use `model.device=cpu`")
     if dev.type == "mps" and not torch.backends.mps.is_available():
@@ -275,6 +297,11 @@ def _load(
                 f"`model.name` {name}: this model needs its own code; set `model.trust_remote_code=true`"
             ) from None
         raise UserError(f"`model.name` {name}: could not load it ({_one_line(exc)})") from None
+    except Exception as exc:  # a broken model folder: bad config values, truncated or pickled weights
+        raise UserError(
+            f"`model.name` {name}: could not load the model in {src} ({type(exc).__name__}: {_one_line(exc)}); "
+            "check its config.json and weights"
+        ) from None
 
     model.eval()
     model.requires_grad_(False)
@@ -342,8 +369,15 @@ def cached_gguf_dir(gguf: Path, target: Path) -> Path:
     key = gguf_source_key(gguf)
     if _is_valid_cache(target, key):
         return target
-    log.info("converting %s to a Hugging Face directory at %s (once)", gguf, target)
-    convert_gguf(gguf, target)
+    # One converter at a time (others wait, then find it done); holding the lock, anything a killed
+    # conversion left beside the target (``.NAME.tmp-*``, ``.NAME.stale-*``) is garbage.
+    with directory_lock(target, what="model cache", wait=True):
+        for stale in [*target.parent.glob(f".{target.name}.tmp-*"), *target.parent.glob(f".{target.name}.stale-*")]:
+            shutil.rmtree(stale, ignore_errors=True)
+        if _is_valid_cache(target, key):
+            return target
+        log.info("converting %s to a Hugging Face directory at %s (once)", gguf, target)
+        convert_gguf(gguf, target)
     return target
 
 
@@ -369,6 +403,7 @@ def convert_gguf(gguf: Path, target: Path):
     key = gguf_source_key(gguf)
     with sibling_tempdir(target) as tmp:
         _write_hf_dir(model, tokenizer, tmp)
+        fault_point("during_conversion")
         (tmp / _SOURCE_MARKER).write_text(json.dumps(key, sort_keys=True))
         if not _is_valid_cache(target, key):  # another process may have finished first
             swap_in(tmp, target, finished_elsewhere=lambda: _is_valid_cache(target, key))

@@ -9,12 +9,13 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from transcoderbench.errors import UserError
-from transcoderbench.io import json_ready, write_files
+from transcoderbench.io import json_ready, printable, write_files
 from transcoderbench.report.catalog import (
     METRICS,
     PREFIX_COLUMNS,
@@ -113,7 +114,7 @@ def load_records(directory: str | Path) -> tuple[RunMeta, dict[str, TranscoderRe
         comparison = Comparison.from_json(_read_json(comp_path), str(comp_path))
         metrics: dict[str, TranscoderResult] = {}
         for name in comparison.transcoders:
-            path = d / f"{name}_metrics.json"
+            path = _inside(d, f"{name}_metrics.json", comp_path)
             if not path.is_file():
                 raise UserError(
                     f"{comp_path} names transcoder {name!r} but {path.name} is missing from {d}: "
@@ -124,10 +125,37 @@ def load_records(directory: str | Path) -> tuple[RunMeta, dict[str, TranscoderRe
     metrics_path = d / "metrics.json"
     if metrics_path.is_file():
         meta, m = _read_result(metrics_path)
-        return RunMeta.from_json(meta, f"{metrics_path}: meta"), {str(m.name or "transcoder"): m}, None
+        name = str(m.name or "transcoder")
+        if not _NAME.fullmatch(name):
+            raise UserError(f"{metrics_path}: name {printable(name)!r} may use only letters, digits, . _ - ; fix it")
+        return RunMeta.from_json(meta, f"{metrics_path}: meta"), {name: m}, None
     raise UserError(
         f"{d} has neither metrics.json nor comparison.json: pass the --output_dir of an evaluate or compare run"
     )
+
+
+#: Transcoder names as every command accepts them (they name files and label plots; no ``$`` math text).
+_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def _inside(d: Path, file_name: str, named_in: Path) -> Path:
+    """``d / file_name``, refusing names that would read outside ``d`` (``../x``, absolute, symlinks out)."""
+    path = d / file_name
+    try:
+        inside = (
+            _NAME.fullmatch(file_name) is not None
+            and "/" not in file_name
+            and "\\" not in file_name
+            and path.resolve().is_relative_to(d.resolve())
+        )
+    except (OSError, RuntimeError):
+        inside = False
+    if not inside:
+        raise UserError(
+            f"{named_in}: the transcoder name in {printable(file_name)!r} points outside {d}; names may use only "
+            "letters, digits, . _ -"
+        )
+    return path
 
 
 def load_results(directory: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Any] | None]:

@@ -171,7 +171,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"--config {path}: no such file")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"--config {path}: not UTF-8 text; save it as UTF-8 YAML or JSON") from None
+    except OSError as exc:
+        raise UserError(f"--config {path}: cannot read it ({exc.strerror or exc})") from None
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
             import yaml
@@ -186,6 +191,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise UserError(f"--config {path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+        except RecursionError:
+            raise UserError(f"--config {path}: nested too deeply to be a config") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
