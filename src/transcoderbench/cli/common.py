@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Sequence
+import shutil
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from transcoderbench.distributed import destroy, init_from_env, is_rank0
 from transcoderbench.errors import UserError
 from transcoderbench.evaluate import EvaluationResult
-from transcoderbench.io import write_files
+from transcoderbench.evaluate.checkpoint import STATE_DIR
+from transcoderbench.io import directory_lock, write_files
 from transcoderbench.report.comparison import comparison_record, comparison_summary
 from transcoderbench.report.html import add_report
 
@@ -80,3 +84,30 @@ def print_outputs(paths: Sequence[Path]) -> None:
     print("wrote:")
     for p in paths:
         print(f"  {p}")
+
+
+@contextlib.contextmanager
+def output_session(out_dir: Path) -> Iterator[bool]:
+    """Join the torchrun process group (if any); rank 0 locks ``out_dir``. Yields whether this process writes.
+
+    Only rank 0 writes outputs; the others compute their share and leave.
+    """
+    init_from_env()
+    try:
+        if is_rank0():
+            with directory_lock(out_dir):
+                yield True
+        else:
+            yield False
+    finally:
+        destroy()
+
+
+def state_dir(out_dir: Path) -> Path:
+    """Where ``--checkpoint_every`` saves the pass and ``--resume`` finds it."""
+    return out_dir / STATE_DIR
+
+
+def remove_state(out_dir: Path) -> None:
+    """The run completed and its outputs are written: its saved state is no longer needed."""
+    shutil.rmtree(state_dir(out_dir), ignore_errors=True)
