@@ -67,6 +67,19 @@ def test_two_gloo_processes_equal_one(tmp_path, tiny_model_dir):
     # Only rank 0 wrote: one report, one "wrote:" listing.
     assert two.stdout.count("wrote:") == 1
 
+    # Killed (both ranks at their 2nd batch, or rank 1 earlier by torchrun), then resumed: the same numbers.
+    out = tmp_path / "resumed"
+    saving = [*common, "--output_dir", str(out), "--checkpoint_every", "1"]
+    killed = run_cli(*saving, nproc=2, TRANSCODERBENCH_FAULT="eval_after_batch:2")
+    assert killed.returncode != 0 and not list(out.glob("*.json"))
+    states = sorted(p.name for p in (out / ".resume").iterdir() if p.suffix == ".safetensors")
+    resumed = run_cli(*saving, "--resume", nproc=2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    if states == ["rank0-of-2.safetensors", "rank1-of-2.safetensors"]:
+        assert "resuming from" in resumed.stderr
+    assert not (out / ".resume").exists()
+    assert_same_numbers(a, read_outputs(out), rel=1e-6)
+
 
 def test_absorption_command_runs_on_rank0_only(tmp_path, tiny_model_dir):
     model = tiny_model_dir("llama")
