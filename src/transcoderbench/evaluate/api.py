@@ -157,6 +157,18 @@ def evaluate_transcoders(
         raise UserError("`data.batches` and `data.batch_size` must be positive and `data.seq_len` at least 2")
     if (config.checkpoint_every or config.resume) and state_dir is None:
         raise UserError("`checkpoint_every` and `resume` need a folder for the saved state (an output folder)")
+    if config.checkpoint_every < 0:
+        raise UserError(f"`checkpoint_every` {config.checkpoint_every}: must be 0 (never) or a number of batches")
+    saver: Checkpointer | None = None
+    saved_state: tuple[dict[str, Any], dict[str, torch.Tensor]] | None = None
+    saved: SavedPass | None = None
+    if state_dir is not None and (config.checkpoint_every or config.resume):
+        saver = Checkpointer(
+            Path(state_dir), config.checkpoint_every, fingerprint(config, transcoders, world_size), rank, world_size
+        )
+        saved_state = saver.read() if config.resume and _everyone(saver.exists()) else None
+        if config.resume and saved_state is None:
+            say(f"no complete saved state in {state_dir}: starting from the first batch")
     if lm is None:
         model_name = choose_model(transcoders, config.model.name)
         say(f"loading language model {model_name} ...")
@@ -168,16 +180,6 @@ def evaluate_transcoders(
         )
     n_sequences = data.batches * data.batch_size
     runs = prepare_runs(lm, transcoders, make_accumulators, n_sequences=n_sequences)
-    saver: Checkpointer | None = None
-    saved_state: tuple[dict[str, Any], dict[str, torch.Tensor]] | None = None
-    saved: SavedPass | None = None
-    if state_dir is not None:
-        saver = Checkpointer(
-            Path(state_dir), config.checkpoint_every, fingerprint(config, transcoders, world_size), rank, world_size
-        )
-        saved_state = saver.read() if config.resume and _everyone(saver.exists()) else None
-        if config.resume and saved_state is None:
-            say(f"no complete saved state in {state_dir}: starting from the first batch")
     source = resolve_text_source(
         data.dataset,
         text_field=data.text_field,
