@@ -67,13 +67,13 @@ def run(args: argparse.Namespace) -> int:
         out_dir = Path("analysis_results") / "absorption"
     out_dir = check_output_dir(out_dir)
 
+    transcoders = load_transcoders(specs, config.select)  # a bad path fails before the lock
     with output_session(out_dir) as writes:
         # Under torchrun rank 0 measures and writes while the others wait (see run_absorption_rank0).
         if not writes:
             barrier()
             return 0
         _, world_size, local_rank = init_from_env()
-        transcoders = load_transcoders(specs, config.select)
         model_name = choose_model(transcoders, config.model.name)
         print(f"loading language model {model_name} ...", file=sys.stderr)
         lm = load_language_model(

@@ -73,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
     out_dir = check_output_dir(Path(args.output_dir))
     specs = specs_of(args)
     config = config_from_args(args, EvalConfig)
+    transcoders = load_transcoders(specs, config.select)  # a bad path fails before the lock
     with output_session(out_dir) as writes:
-        result = evaluate_transcoders(load_transcoders(specs, config.select), config, state_dir=state_dir(out_dir))
+        result = evaluate_transcoders(transcoders, config, state_dir=state_dir(out_dir))
         if writes:
             files = comparison_files(result)
             write_outputs(out_dir, files, result, comparison=files["comparison.json"])

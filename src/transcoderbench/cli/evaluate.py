@@ -54,8 +54,8 @@ def add_eval_flags(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     out_dir = check_output_dir(Path(args.output_dir) if args.output_dir else default_eval_dir(args.checkpoint))
     config = config_from_args(args, EvalConfig)
+    transcoders = load_transcoders({args.name: args.checkpoint}, config.select)  # a bad path fails before the lock
     with output_session(out_dir) as writes:
-        transcoders = load_transcoders({args.name: args.checkpoint}, config.select)
         result = evaluate_transcoders(transcoders, config, state_dir=state_dir(out_dir))
         if writes:
             m = result.metrics[args.name]
