@@ -346,6 +346,16 @@ class EvalConfig:
         flag="absorption",
     )
     progress: bool = opt(True, "show progress bars")
+    checkpoint_every: int = opt(
+        0,
+        "save the pass's state every N batches (of this process) into OUTPUT_DIR/.resume, so that --resume can "
+        "continue after a crash; 0: never",
+    )
+    resume: bool = opt(
+        False,
+        "continue from the state saved in OUTPUT_DIR/.resume by an interrupted run of the same command "
+        "(refused if the settings or transcoders differ)",
+    )
 
     def check(self) -> EvalConfig:
         """Every setting that can be checked without the model, before anything is loaded."""

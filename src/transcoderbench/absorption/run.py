@@ -50,6 +50,7 @@ from transcoderbench.absorption.vocab import (
     letter_vocabulary,
     split_words,
 )
+from transcoderbench.distributed import barrier, is_rank0
 from transcoderbench.errors import UserError
 from transcoderbench.lm import LanguageModel, Site, resolve_site
 from transcoderbench.progress import progress_bar
@@ -675,4 +676,23 @@ def run_absorption(
                 f"absorption rate {summary['full_absorption_rate']:.3f} over {summary['n_letters_scored']} letters "
                 f"({summary['wall_time_s']:.1f} s)"
             )
+    return results
+
+
+def run_absorption_rank0(
+    lm: LanguageModel,
+    transcoders: dict[str, Transcoder],
+    options: AbsorptionOptions,
+    *,
+    log: Callable[[str], None] | None = None,
+    show_progress: bool = True,
+) -> dict[str, dict]:
+    """:func:`run_absorption` on rank 0 while the other torchrun ranks wait; they get ``{}``.
+
+    Not sharded: the phase is small next to the token pass (a few thousand prompts, cached on
+    disk), and its probes are trained by sequential SGD over all words, so sharding would change
+    the numbers with the number of processes. One process gives the 1-process numbers exactly.
+    """
+    results = run_absorption(lm, transcoders, options, log=log, show_progress=show_progress) if is_rank0() else {}
+    barrier()
     return results

@@ -11,12 +11,14 @@ from typing import Any
 
 from transcoderbench.absorption.run import run_absorption
 from transcoderbench.absorption.summary import VERSUS_REDUNDANCY, summary_lines
-from transcoderbench.cli.common import check_output_dir, default_eval_dir, named_specs, write_outputs
+from transcoderbench.cli.common import check_output_dir, default_eval_dir, named_specs, output_session, write_outputs
 from transcoderbench.cli.evaluate import CHECKPOINT_HELP
 from transcoderbench.cli.flags import FlagTable, add_config_flags, add_flag, config_from_args
 from transcoderbench.config import AbsorptionConfig, model_record
+from transcoderbench.distributed import barrier, init_from_env
 from transcoderbench.errors import UserError
 from transcoderbench.evaluate import choose_model, load_transcoders, package_versions
+from transcoderbench.evaluate.api import rank_device
 from transcoderbench.lm import load_language_model
 
 
@@ -66,27 +68,35 @@ def run(args: argparse.Namespace) -> int:
         out_dir = Path("analysis_results") / "absorption"
     out_dir = check_output_dir(out_dir)
 
-    transcoders = load_transcoders(specs, config.select)
-    model_name = choose_model(transcoders, config.model.name)
-    print(f"loading language model {model_name} ...", file=sys.stderr)
-    lm = load_language_model(
-        model_name,
-        device=config.model.device,
-        dtype=config.model.dtype,
-        trust_remote_code=config.model.trust_remote_code,
-    )
-    for tc in transcoders.values():
-        tc.to(device=lm.device).float()
-    results = run_absorption(lm, transcoders, options, show_progress=config.progress)
+    transcoders = load_transcoders(specs, config.select)  # a bad path fails before the lock
+    with output_session(out_dir) as writes:
+        # Under torchrun rank 0 measures and writes while the others wait (see run_absorption_rank0).
+        if not writes:
+            barrier()
+            return 0
+        _, world_size, local_rank = init_from_env()
+        model_name = choose_model(transcoders, config.model.name)
+        print(f"loading language model {model_name} ...", file=sys.stderr)
+        lm = load_language_model(
+            model_name,
+            device=rank_device(config.model.device, local_rank, world_size),
+            dtype=config.model.dtype,
+            trust_remote_code=config.model.trust_remote_code,
+        )
+        for tc in transcoders.values():
+            tc.to(device=lm.device).float()
+        results = run_absorption(lm, transcoders, options, show_progress=config.progress)
 
-    meta: dict[str, Any] = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": lm.describe(),
-        "options": {**model_record(config.model, config.progress), **dataclasses.asdict(options)},
-        "versions": package_versions(),
-    }
-    text = [line for name, result in results.items() for line in summary_lines(name, result)]
-    text += ["", VERSUS_REDUNDANCY]
-    files = {"absorption.json": {"meta": meta, "results": results}, "absorption.txt": "\n".join(text) + "\n"}
-    write_outputs(out_dir, files)
+        meta: dict[str, Any] = {
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": lm.describe(),
+            "options": {**model_record(config.model, config.progress), **dataclasses.asdict(options)},
+            "versions": package_versions(),
+            "world_size": world_size,
+        }
+        text = [line for name, result in results.items() for line in summary_lines(name, result)]
+        text += ["", VERSUS_REDUNDANCY]
+        files = {"absorption.json": {"meta": meta, "results": results}, "absorption.txt": "\n".join(text) + "\n"}
+        write_outputs(out_dir, files)
+        barrier()
     return 0

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
-from collections.abc import Sequence
+import shutil
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from transcoderbench.distributed import destroy, init_from_env, is_rank0
 from transcoderbench.errors import UserError
 from transcoderbench.evaluate import EvaluationResult
+from transcoderbench.evaluate.checkpoint import STATE_DIR
 from transcoderbench.io import check_output_folder, directory_lock, printable, recover_outputs, write_files
 from transcoderbench.report.comparison import comparison_record, comparison_summary
 from transcoderbench.report.html import add_report
@@ -34,8 +38,10 @@ _claimed: set[Path] = set()
 
 def check_output_dir(path: Path, flag: str = "--output_dir") -> Path:
     """Claim an output folder before the long pass: refuse an unwritable one, and lock it so a second
-    run writing there gets a one-line error now rather than a mix of two runs' files later."""
-    return claim_output_dir(check_output_folder(path, flag))
+    run writing there gets a one-line error now rather than a mix of two runs' files later. Under
+    torchrun only rank 0 (``RANK`` is set before the process group starts) writes, so only it locks."""
+    path = check_output_folder(path, flag)
+    return claim_output_dir(path) if os.environ.get("RANK", "0") == "0" else path
 
 
 def claim_output_dir(path: Path) -> Path:
@@ -122,3 +128,30 @@ def print_outputs(paths: Sequence[Path]) -> None:
     print("wrote:")
     for p in paths:
         print(f"  {printable(p)}")
+
+
+@contextlib.contextmanager
+def output_session(out_dir: Path) -> Iterator[bool]:
+    """Join the torchrun process group (if any); rank 0 locks ``out_dir``. Yields whether this process writes.
+
+    Only rank 0 writes outputs; the others compute their share and leave.
+    """
+    init_from_env()
+    try:
+        if is_rank0():
+            claim_output_dir(out_dir)
+            yield True
+        else:
+            yield False
+    finally:
+        destroy()
+
+
+def state_dir(out_dir: Path) -> Path:
+    """Where ``--checkpoint_every`` saves the pass and ``--resume`` finds it."""
+    return out_dir / STATE_DIR
+
+
+def remove_state(out_dir: Path) -> None:
+    """The run completed and its outputs are written: its saved state is no longer needed."""
+    shutil.rmtree(state_dir(out_dir), ignore_errors=True)

@@ -6,7 +6,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from transcoderbench.cli.common import check_output_dir, comparison_files, named_specs, write_outputs
+from transcoderbench.cli.common import (
+    check_output_dir,
+    comparison_files,
+    named_specs,
+    output_session,
+    remove_state,
+    state_dir,
+    write_outputs,
+)
 from transcoderbench.cli.evaluate import add_eval_flags
 from transcoderbench.cli.flags import add_flag, config_from_args
 from transcoderbench.config import EvalConfig
@@ -65,7 +73,11 @@ def run(args: argparse.Namespace) -> int:
     out_dir = check_output_dir(Path(args.output_dir))
     specs = specs_of(args)
     config = config_from_args(args, EvalConfig)
-    result = evaluate_transcoders(load_transcoders(specs, config.select), config)
-    files = comparison_files(result)
-    write_outputs(out_dir, files, result, comparison=files["comparison.json"])
+    transcoders = load_transcoders(specs, config.select)  # a bad path fails before the lock
+    with output_session(out_dir) as writes:
+        result = evaluate_transcoders(transcoders, config, state_dir=state_dir(out_dir))
+        if writes:
+            files = comparison_files(result)
+            write_outputs(out_dir, files, result, comparison=files["comparison.json"])
+            remove_state(out_dir)
     return 0

@@ -6,7 +6,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from transcoderbench.cli.common import check_name, check_output_dir, default_eval_dir, write_outputs
+from transcoderbench.cli.common import (
+    check_name,
+    check_output_dir,
+    default_eval_dir,
+    output_session,
+    remove_state,
+    state_dir,
+    write_outputs,
+)
 from transcoderbench.cli.flags import FlagTable, add_config_flags, add_flag, config_from_args
 from transcoderbench.config import EvalConfig
 from transcoderbench.evaluate import evaluate_transcoders, load_transcoders
@@ -48,9 +56,12 @@ def run(args: argparse.Namespace) -> int:
     check_name(args.name)
     out_dir = check_output_dir(Path(args.output_dir) if args.output_dir else default_eval_dir(args.checkpoint))
     config = config_from_args(args, EvalConfig)
-    transcoders = load_transcoders({args.name: args.checkpoint}, config.select)
-    result = evaluate_transcoders(transcoders, config)
-    m = result.metrics[args.name]
-    files = {"metrics.json": {"meta": result.meta, **m}, "summary.txt": evaluation_summary(result.meta, m)}
-    write_outputs(out_dir, files, result)
+    transcoders = load_transcoders({args.name: args.checkpoint}, config.select)  # a bad path fails before the lock
+    with output_session(out_dir) as writes:
+        result = evaluate_transcoders(transcoders, config, state_dir=state_dir(out_dir))
+        if writes:
+            m = result.metrics[args.name]
+            files = {"metrics.json": {"meta": result.meta, **m}, "summary.txt": evaluation_summary(result.meta, m)}
+            write_outputs(out_dir, files, result)
+            remove_state(out_dir)
     return 0

@@ -19,7 +19,7 @@ incomplete global batch are dropped, so every batch is exactly ``[batch_size, se
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 
@@ -194,3 +194,21 @@ def count_available_sequences(
     stream = token_stream(source, tokenizer, add_eos_between_documents=add_eos_between_documents)
     total = sum(len(ids) for ids in stream)
     return total // (seq_len - 1)
+
+
+def shard_batches(
+    batches: Iterable[TokenBatch], rank: int = 0, world_size: int = 1, start: int = 0
+) -> Iterator[TokenBatch]:
+    """Whole batches for one data-parallel rank: global batch ``i`` goes to rank ``i % world_size``.
+
+    ``batches`` is the one-process stream (``token_batches`` with ``world_size=1``), so every batch
+    is exactly the batch one process would see, whatever the number of ranks: metrics defined per
+    batch (the legacy explained variance) do not change with it either. Ranks may get one batch
+    fewer than others (collectives run only once the pass is over). ``start`` skips the first
+    ``start`` global batches (resuming a saved pass); skipped batches are tokenized but not used.
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in a world of size {world_size}")
+    for i, tb in enumerate(batches):
+        if i >= start and i % world_size == rank:
+            yield tb

@@ -14,16 +14,22 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
+from pathlib import Path
 from typing import Any
 
+import torch
+
 from transcoderbench import __version__
-from transcoderbench.absorption.run import run_absorption
+from transcoderbench.absorption.run import run_absorption_rank0
 from transcoderbench.absorption.summary import VERSUS_REDUNDANCY
 from transcoderbench.config import EvalConfig, SelectConfig, options_record
-from transcoderbench.data import resolve_text_source, token_batches
+from transcoderbench.data import TokenBatch, resolve_text_source, token_batches
+from transcoderbench.data.batching import shard_batches
+from transcoderbench.distributed import init_from_env
 from transcoderbench.errors import UserError
-from transcoderbench.evaluate.engine import prepare_runs, run_pass
-from transcoderbench.evaluate.runs import AccumulatorFactory
+from transcoderbench.evaluate.checkpoint import Checkpointer, SavedPass, fault_point, fingerprint
+from transcoderbench.evaluate.engine import prepare_runs, reduce_pass, run_pass
+from transcoderbench.evaluate.runs import AccumulatorFactory, PassStats
 from transcoderbench.evaluate.splice import plan_downstream
 from transcoderbench.formats import load_transcoder
 from transcoderbench.lm import LanguageModel, load_language_model, resolve_model_name
@@ -41,6 +47,15 @@ class EvaluationResult:
     """Model, dataset, token counts, options and versions (identical for every transcoder)."""
     metrics: dict[str, dict[str, Any]]
     """Transcoder name -> JSON-ready metrics (see ``transcoder_metrics``)."""
+
+
+def _everyone(flag: bool) -> bool:
+    """True when ``flag`` holds on every torch.distributed rank (just ``flag`` on one process)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.int64)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+    return bool(t.item())
 
 
 def package_versions() -> dict[str, str]:
@@ -103,6 +118,13 @@ def transcoder_metrics(name: str, tc: Transcoder, results: dict[str, Any], run_s
     return out
 
 
+def rank_device(device: str, local_rank: int, world_size: int) -> str:
+    """Under torchrun, ``auto``/``cuda`` on a CUDA machine means this rank's own GPU, ``cuda:LOCAL_RANK``."""
+    if world_size > 1 and device in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{local_rank % torch.cuda.device_count()}"
+    return device
+
+
 def evaluate_transcoders(
     transcoders: dict[str, Transcoder],
     config: EvalConfig | None = None,
@@ -111,14 +133,23 @@ def evaluate_transcoders(
     make_accumulators: AccumulatorFactory = default_accumulators,
     lm: LanguageModel | None = None,
     log: Any = None,
+    state_dir: str | Path | None = None,
 ) -> EvaluationResult:
     """Evaluate every transcoder on exactly the same tokens in one streaming pass.
 
     ``config`` defaults to ``EvalConfig()`` (spliced loss and absorption on); set
     ``config.downstream.downstream = False`` for reconstruction only, which stops the forward early.
+
+    Under ``torchrun`` every rank calls this: rank ``r`` evaluates global batches ``r, r + N, ...``,
+    the sums are all-reduced, and every rank returns the same numbers (absorption: rank 0 only).
+    ``state_dir`` (with ``config.checkpoint_every`` / ``config.resume``) saves and resumes the pass;
+    the caller removes it once the outputs are written.
     """
     say = log or (lambda msg: print(msg, file=sys.stderr))
     config = config or EvalConfig()
+    rank, world_size, local_rank = init_from_env()
+    if rank != 0:
+        say = lambda msg: None  # noqa: E731 - rank 0 speaks for all
     data, downstream = config.data, config.downstream
     bootstrap = config.check().bootstrap
     if make_accumulators is default_accumulators:
@@ -132,12 +163,26 @@ def evaluate_transcoders(
         dataset_config=data.dataset_config,
         trust_remote_code=config.model.trust_remote_code,
     )
+    if (config.checkpoint_every or config.resume) and state_dir is None:
+        raise UserError("`checkpoint_every` and `resume` need a folder for the saved state (an output folder)")
+    if config.checkpoint_every < 0:
+        raise UserError(f"`checkpoint_every` {config.checkpoint_every}: must be 0 (never) or a number of batches")
+    saver: Checkpointer | None = None
+    saved_state: tuple[dict[str, Any], dict[str, torch.Tensor]] | None = None
+    saved: SavedPass | None = None
+    if state_dir is not None and (config.checkpoint_every or config.resume):
+        saver = Checkpointer(
+            Path(state_dir), config.checkpoint_every, fingerprint(config, transcoders, world_size), rank, world_size
+        )
+        saved_state = saver.read() if config.resume and _everyone(saver.exists()) else None
+        if config.resume and saved_state is None:
+            say(f"no complete saved state in {state_dir}: starting from the first batch")
     if lm is None:
         model_name = choose_model(transcoders, config.model.name)
         say(f"loading language model {model_name} ...")
         lm = load_language_model(
             model_name,
-            device=config.model.device,
+            device=rank_device(config.model.device, local_rank, world_size),
             dtype=config.model.dtype,
             trust_remote_code=config.model.trust_remote_code,
         )
@@ -148,22 +193,70 @@ def evaluate_transcoders(
     say(
         f"reading up to {planned:,} tokens ({data.batches} batches x {data.batch_size} sequences x {data.seq_len} tokens) "
         f"from {source.name}; BOS, PAD and EOS positions are excluded from every metric"
+        + (f"; {world_size} processes share the batches" if world_size > 1 else "")
     )
-    batches = token_batches(
+    stream = token_batches(
         source, lm.tokenizer, seq_len=data.seq_len, batch_size=data.batch_size, n_batches=data.batches
     )
+    head: list[TokenBatch] = []
     plan = None
     if downstream.downstream:
-        first = list(itertools.islice(batches, max(1, downstream.mean_ablation_batches)))
+        if saver is not None and saved_state is not None:
+            meta_saved, tensors = saved_state
+            means = {k.removeprefix("mean/"): v for k, v in tensors.items() if k.startswith("mean/")}
+            plan = plan_downstream(
+                lm,
+                runs,
+                [],
+                n_sequences=n_sequences,
+                variants_per_pass=downstream.variants_per_pass,
+                site_means=means,
+                mean_source=meta_saved.get("mean_source"),
+            )
+        else:
+            head = list(itertools.islice(stream, max(1, downstream.mean_ablation_batches)))
+            say(
+                f"estimating the mean-ablation baseline from {len(head)} batches; then the pass runs the whole model "
+                "(downstream metrics on; --no-downstream stops it early)"
+            )
+            mine = list(shard_batches(head, rank, world_size))
+            plan = plan_downstream(
+                lm, runs, mine, n_sequences=n_sequences, variants_per_pass=downstream.variants_per_pass
+            )
+        for run in runs:
+            run.accumulators.update(plan.accumulators(run.name))
+    resumed = None
+    if saver is not None and saved_state is not None:
+        saved = saver.restore(runs, *saved_state)
+        resumed = saved.stats
         say(
-            f"estimating the mean-ablation baseline from {len(first)} batches; then the pass runs the whole model "
-            "(downstream metrics on; --no-downstream stops it early)"
+            f"resuming from {state_dir}: {resumed.n_batches} batches of this process were saved; "
+            f"continuing from global batch {saved.position + 1}"
         )
-        plan = plan_downstream(lm, runs, first, n_sequences=n_sequences, variants_per_pass=downstream.variants_per_pass)
-        batches = itertools.chain(first, batches)
+    batches = shard_batches(itertools.chain(head, stream), rank, world_size, start=saved.position if saved else 0)
+
+    def after_batch(tb: TokenBatch, stats: PassStats) -> None:
+        if saver is not None:
+            saver.position = int(tb.seq_index[0]) // data.batch_size + 1
+            if saver.due(stats.n_batches):
+                saver.save(runs, stats, plan)
+        fault_point("eval_after_batch", stats.n_batches)
+
     stats = run_pass(
-        lm, runs, batches, total_batches=data.batches, stop_early=stop_early, show_progress=config.progress, splice=plan
+        lm,
+        runs,
+        batches,
+        total_batches=len(range(rank, data.batches, world_size)),
+        stop_early=stop_early,
+        show_progress=config.progress and rank == 0,
+        splice=plan,
+        resume_from=resumed,
+        after_batch=after_batch,
+        reduce=False,
     )
+    if saver is not None and config.checkpoint_every:
+        saver.save(runs, stats, plan)  # the whole pass: a crash in absorption resumes after it
+    reduce_pass(runs, stats)
     if stats.n_batches < data.batches:
         say(f"the dataset ran out after {stats.n_batches} of {data.batches} batches")
     say(f"evaluated {stats.n_tokens_evaluated:,} tokens ({stats.n_positions:,} positions read)")
@@ -179,6 +272,7 @@ def evaluate_transcoders(
         },
         "options": options_record(config),
         "versions": package_versions(),
+        "world_size": world_size,
     }
     metrics = {}
     for run in runs:
@@ -200,7 +294,7 @@ def evaluate_transcoders(
     attach_uncertainty({run.name: run.accumulators for run in runs}, metrics, bootstrap)
     if config.run_absorption:
         say("measuring first-letter absorption (--no-absorption skips it)")
-        found = run_absorption(lm, transcoders, config.absorption, log=say, show_progress=config.progress)
+        found = run_absorption_rank0(lm, transcoders, config.absorption, log=say, show_progress=config.progress)
         for name, result in found.items():
             metrics[name]["absorption"] = result
             metrics[name]["absorption_note"] = (

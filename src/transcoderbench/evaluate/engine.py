@@ -9,7 +9,7 @@ clean forward to the head (the splice stage) plugs in as a :class:`BatchStage`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -31,7 +31,7 @@ from transcoderbench.metrics.base import TranscoderBatch
 from transcoderbench.progress import progress_bar
 from transcoderbench.transcoders import Transcoder
 
-__all__ = ["PassStats", "TranscoderRun", "deepest_layer", "evaluate_batch", "prepare_runs", "run_pass"]
+__all__ = ["PassStats", "TranscoderRun", "deepest_layer", "evaluate_batch", "prepare_runs", "reduce_pass", "run_pass"]
 
 
 def prepare_runs(
@@ -93,12 +93,20 @@ def run_pass(
     stop_early: bool = True,
     show_progress: bool = True,
     splice: BatchStage | None = None,
+    resume_from: PassStats | None = None,
+    after_batch: Callable[[TokenBatch, PassStats], None] | None = None,
+    reduce: bool = True,
 ) -> PassStats:
     """Stream ``batches`` once through the LM and every transcoder; return what was read.
 
     With a ``splice`` stage (e.g. ``evaluate.splice.plan_downstream``) the clean pass runs to the
     head and the stage gets every batch's clean forward and reconstructions; otherwise the forward pass stops
     after the deepest layer any site needs (unless ``stop_early`` is False).
+
+    Resuming: ``resume_from`` holds the counters of the batches already in the accumulators, and
+    ``after_batch(tb, stats)`` runs after each batch (to save the state). Under torch.distributed
+    each rank streams its own batches; ``reduce`` (default) then sums every accumulator and the
+    counters over ranks (see :func:`reduce_pass`).
     """
     sites = unique_sites(runs)
     stop_early = stop_early and splice is None
@@ -106,7 +114,12 @@ def run_pass(
         for run in runs:
             run.accumulators.update(splice.accumulators(run.name))
     stats = PassStats(stopped_early_after_layer=deepest_layer(runs) if stop_early else None)
-    bar = progress_bar(total=total_batches, desc="evaluating", unit="batch", disable=not show_progress)
+    if resume_from is not None:
+        stats.n_batches, stats.n_sequences = resume_from.n_batches, resume_from.n_sequences
+        stats.n_positions, stats.n_tokens_evaluated = resume_from.n_positions, resume_from.n_tokens_evaluated
+    bar = progress_bar(
+        total=total_batches, initial=stats.n_batches, desc="evaluating", unit="batch", disable=not show_progress
+    )
     for tb in batches:
         ids = tb.input_ids.to(lm.device)
         attention_mask = tb.attention_mask.to(lm.device)
@@ -130,12 +143,24 @@ def run_pass(
         stats.n_tokens_evaluated += int(keep.sum())
         bar.update(1)
         bar.set_postfix(tokens=stats.n_tokens_evaluated)
+        if after_batch is not None:
+            after_batch(tb, stats)
     bar.close()
+    if reduce:
+        reduce_pass(runs, stats)
+    return stats
+
+
+def reduce_pass(runs: list[TranscoderRun], stats: PassStats) -> None:
+    """Sum every accumulator and the pass counters over torch.distributed ranks; refuse an empty pass.
+
+    A no-op sum on one process. Every rank must call it (it is a collective).
+    """
+    for run in runs:
+        for acc in run.accumulators.values():
+            acc.all_reduce()
+    stats.all_reduce()
     if stats.n_tokens_evaluated == 0:
         raise UserError(
             "the dataset gave no tokens to evaluate: use a larger `data.dataset` or fewer skipped positions"
         )
-    for run in runs:
-        for acc in run.accumulators.values():
-            acc.all_reduce()
-    return stats

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import torch
+
 from transcoderbench.data import TokenBatch
 from transcoderbench.lm import LanguageModel, Site
 from transcoderbench.lm.splice import CleanForward, Head
@@ -56,6 +58,16 @@ class PassStats:
             "excluded_positions": "BOS, PAD and EOS positions are excluded from every metric",
             "forward_pass_stopped_after_layer": self.stopped_early_after_layer,
         }
+
+    def all_reduce(self) -> None:
+        """Sum the counters over all torch.distributed ranks (no-op when not distributed)."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        counts = torch.tensor(
+            [self.n_batches, self.n_sequences, self.n_positions, self.n_tokens_evaluated], dtype=torch.int64
+        )
+        torch.distributed.all_reduce(counts, op=torch.distributed.ReduceOp.SUM)
+        self.n_batches, self.n_sequences, self.n_positions, self.n_tokens_evaluated = (int(c) for c in counts)
 
 
 class BatchStage(Protocol):

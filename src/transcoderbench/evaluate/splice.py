@@ -20,7 +20,7 @@ from torch import Tensor
 from transcoderbench.data import TokenBatch
 from transcoderbench.errors import UserError
 from transcoderbench.evaluate.runs import TranscoderRun
-from transcoderbench.lm import LanguageModel, capture
+from transcoderbench.lm import LanguageModel, capture, site_widths
 from transcoderbench.lm.splice import CleanForward, Head, additive_layer, find_head, resume, spliced_forward
 from transcoderbench.metrics.base import Accumulator, TranscoderBatch
 from transcoderbench.metrics.downstream import CLEAN, MEAN, ZERO, CleanNextToken, Downstream, prefix_column
@@ -68,10 +68,14 @@ def plan_downstream(
     *,
     n_sequences: int | None,
     variants_per_pass: int | None = None,
+    site_means: dict[str, Tensor] | None = None,
+    mean_source: str | None = None,
 ) -> SplicePlan:
     """Find the head, estimate each output site's mean target, and make one Downstream accumulator per run.
 
     ``runs`` are not changed: the engine adds the plan's accumulators to them when the pass starts.
+    Under torch.distributed, ``mean_batches`` are this rank's share and the sums are all-reduced.
+    ``site_means`` (with ``mean_source``) skips the estimate, e.g. when resuming a saved pass.
     """
     head = find_head(lm)
     if head is None:
@@ -85,24 +89,13 @@ def plan_downstream(
                 f"transcoder '{run.name}' predicts {run.output_site.name}, a normalised view that no module outputs, "
                 "so it cannot be spliced in: set `downstream.downstream=false`"
             )
-    sites = {run.output_site.name: run.output_site for run in runs}
-    sums: dict[str, Tensor] = {}
-    count = 0
-    for tb in mean_batches:
-        got = capture(lm, tb.input_ids.to(lm.device), tb.attention_mask.to(lm.device), list(sites.values()))
-        keep = tb.keep.to(lm.device).reshape(-1)
-        count += int(keep.sum())
-        for name, t in got.items():
-            s = t.reshape(-1, t.shape[-1])[keep].double().sum(0)
-            sums[name] = s if name not in sums else sums[name] + s
-    if count == 0:
-        raise UserError("no tokens to estimate the mean-ablation baseline: use more `data.batches`")
-    means = {name: (s / count).float() for name, s in sums.items()}
+    if site_means is None:
+        site_means, mean_source = estimate_site_means(lm, runs, mean_batches)
+    means = {name: m.to(lm.device) for name, m in site_means.items()}
     plan = SplicePlan(
         head=head,
         site_means=means,
-        mean_source=f"mean of the output site over the first {len(mean_batches)} batches ({count:,} tokens), "
-        "estimated in a short pass before the evaluation (those batches are also evaluated)",
+        mean_source=mean_source or "",
         splice_layer={run.name: additive_layer(lm, run.output_site) for run in runs},
         # Stacking variants pays on a GPU (bigger matmuls); on CPU one at a time measured faster.
         variants_per_pass=variants_per_pass or (4 if lm.device.type == "cuda" else 1),
@@ -125,6 +118,39 @@ def plan_downstream(
         )
         plan.downstream[run.name] = acc
     return plan
+
+
+def estimate_site_means(
+    lm: LanguageModel, runs: list[TranscoderRun], mean_batches: list[TokenBatch]
+) -> tuple[dict[str, Tensor], str]:
+    """Each output site's mean over the kept tokens of ``mean_batches`` (fp64 sums, summed over ranks)."""
+    sites = {run.output_site.name: run.output_site for run in runs}
+    sums: dict[str, Tensor] = {}
+    counts = torch.zeros(2, dtype=torch.int64, device=lm.device)  # tokens, batches
+    for tb in mean_batches:
+        got = capture(lm, tb.input_ids.to(lm.device), tb.attention_mask.to(lm.device), list(sites.values()))
+        keep = tb.keep.to(lm.device).reshape(-1)
+        counts[0] += keep.sum()
+        counts[1] += 1
+        for name, t in got.items():
+            s = t.reshape(-1, t.shape[-1])[keep].double().sum(0)
+            sums[name] = s if name not in sums else sums[name] + s
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        missing = [site for name, site in sites.items() if name not in sums]
+        widths = site_widths(lm, missing) if missing else {}
+        for name in sites:  # a rank without mean batches adds zeros
+            if name not in sums:
+                sums[name] = torch.zeros(widths[name], dtype=torch.float64, device=lm.device)
+            torch.distributed.all_reduce(sums[name])
+        torch.distributed.all_reduce(counts)
+    count, n_batches = int(counts[0]), int(counts[1])
+    if count == 0:
+        raise UserError("no tokens to estimate the mean-ablation baseline: use more `data.batches`")
+    source = (
+        f"mean of the output site over the first {n_batches} batches ({count:,} tokens), "
+        "estimated in a short pass before the evaluation (those batches are also evaluated)"
+    )
+    return {name: (s / count).float() for name, s in sums.items()}, source
 
 
 def _chunks(items: list, size: int) -> Iterable[list]:
