@@ -34,8 +34,8 @@ def register(sub: Any) -> None:
         help="train, evaluate and compare two transcoders on the built-in model and text (offline)",
         description="On the built-in SmolLM2-135M and corpus: train a Matryoshka and a plain BatchTopK transcoder of "
         "the same width and k at layer 10, evaluate both on held-out text, compare them, and print "
-        "where everything went. About 4 minutes on 2 CPU cores (238 s measured; --no-downstream "
-        "--no-absorption takes about a minute), plus ~20 s the first time to convert the built-in model.",
+        "where everything went. Minutes on a CPU (--no-downstream --no-absorption is fastest); the first run "
+        "also converts the built-in model once. Timings: docs/training.md.",
     )
     add_flag(parser, "output_dir", default="demo_output", metavar="DIR", help="where to write (default: demo_output)")
     add_flag(parser, "progress", action=argparse.BooleanOptionalAction, default=True, help="show progress bars")
@@ -82,7 +82,7 @@ def run_demo(
     def say(msg: str) -> None:
         print(f"[demo {time.perf_counter() - start:5.0f}s] {msg}", file=sys.stderr, flush=True)
 
-    say(f"loading the built-in language model {DEMO_MODEL} (the first time converts it, ~20 s)")
+    say(f"loading the built-in language model {DEMO_MODEL} (the first time converts it)")
     lm = load_language_model(DEMO_MODEL, device="cpu")
     configs = demo_configs(out, progress, **overrides)
     say(

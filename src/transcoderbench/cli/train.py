@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from transcoderbench.cli.flags import FlagTable, add_config_flags, add_flag, given_values
+from transcoderbench.cli.flags import FlagTable, add_config_flags, add_flag
 from transcoderbench.errors import UserError
-from transcoderbench.train.config import TrainConfig, make_config, read_config_file
+from transcoderbench.train.config import FLAT_KEYS, TrainConfig, coerce, make_config, path_of, read_config_file
 from transcoderbench.train.state import load_state
 from transcoderbench.train.trainer import train
 
@@ -54,14 +54,24 @@ def register(sub: Any) -> None:
     parser.set_defaults(func=run, flag_table=table)
 
 
+def given_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given as (raw) flags, by flat key, coerced with one-line errors naming the flag."""
+    table = args.flag_table
+    return {
+        key: coerce(key, getattr(args, path_of(key)), table[path_of(key)])
+        for key in FLAT_KEYS
+        if hasattr(args, path_of(key))
+    }
+
+
 def config_of(args: argparse.Namespace) -> TrainConfig:
     """defaults < ``--config`` file < flags; with ``--resume``, the run's saved settings replace the defaults."""
     if not args.resume:
         file_values = read_config_file(args.config) if args.config else {}
-        return make_config({**file_values, **given_values(args, TrainConfig, args.flag_table)}, "train")
+        return make_config({**file_values, **given_values(args)}, "train")
     if args.overwrite:
         raise UserError("--resume and --overwrite contradict each other: choose one")
-    given = given_values(args, TrainConfig, args.flag_table)
+    given = given_values(args)
     if "output_dir" not in given and args.config:
         given = {**read_config_file(args.config), **given}
     if "output_dir" not in given:

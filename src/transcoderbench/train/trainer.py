@@ -1,48 +1,10 @@
 """Training: one transcoder's step (:class:`TranscoderTrainer`) and the one training loop (:func:`train`).
 
-A step, as the best public implementations do it (Bussmann et al.'s BatchTopK and Matryoshka
-code, EleutherAI's sparsify):
-
-1. ``pre = x @ W_enc + b_enc``; the active latents are the top ``k * N`` of ``relu(pre)`` over
-   the whole batch (BatchTopK; TopK: each token's own top ``k``), kept sparse.
-2. Reconstruction loss: the fraction of variance unexplained (FVU) of every nested prefix,
-   *averaged* over the prefixes. Averaging rather than summing keeps the loss on the scale of
-   one FVU whatever the number of groups, so the learning rate and ``aux_penalty`` mean the
-   same thing for Matryoshka and plain BatchTopK (with Adam a constant factor on the whole
-   loss would change nothing else). Equal weights, as Bussmann et al. use: every prefix must
-   reconstruct on its own, which is what makes the early latents general.
-3. Auxiliary loss (``aux_penalty`` x): dead latents' top ``top_k_aux`` pre-activations predict
-   the residual ``y - y_hat``; see :func:`objective.aux_loss`.
-4. Adam with warmup and decay; before the update the gradient component parallel to each
-   decoder row is removed, after it every decoder row is renormalised to unit norm.
-5. Bookkeeping: tokens since each latent last fired (dead latents), and for BatchTopK the
-   inference threshold.
-
-Inference threshold: at inference a BatchTopK transcoder keeps ``relu(pre) > threshold``. Each
-step the smallest activation BatchTopK kept is the batch's ``(k N)``-th largest value, so a
-threshold at that value gives ``k`` active latents per token on average *on that batch*. During
-training a moving average of it (Bussmann et al.'s estimator, over the last ~5% of the steps) is
-logged with the inference L0 it gives. The *saved* threshold is calibrated on the final weights
-instead: over the last ``CALIBRATION_TOKENS`` training tokens it is the value that keeps exactly
-``k`` latents per token on average, i.e. what BatchTopK would keep on one batch that large. A
-moving average lags behind weights that are still changing (a short run remembers its first
-batches); the calibration does not. Both are saved in ``info["training"]``.
-
-Scale: inputs and targets are multiplied by constants measured on the first buffer (``E ||x||^2
-= d_in``; centred targets of unit variance per dimension), so the learning rate and the
-initialisation mean the same at every site of every model. The constants are folded into the
-saved weights, which read raw activations.
-
-Initialisation: decoder rows are random unit vectors; the encoder is the decoder transposed when
-``d_in == d_out`` (Gao et al.); otherwise its columns are independent random unit vectors (a
-transcoder's input and output spaces differ, so a transposed decoder would mean nothing there;
-unit columns give pre-activations of the same size as in the square case). ``b_enc = 0``;
-``b_dec`` is the mean target of the first buffer.
+How a step works, the scales, the initialisation and the inference threshold: ``docs/training.md``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import shutil
@@ -65,10 +27,12 @@ from transcoderbench.train import state as resume_state
 from transcoderbench.train.buffer import ActivationBuffer
 from transcoderbench.train.config import (
     DATA_FIELDS,
+    FLAT_KEYS,
     RESUME_MUTABLE,
     TrainConfig,
     config_dict,
     default_sites,
+    flag_of,
     group_sizes,
     layer_of,
     make_config,
@@ -486,8 +450,10 @@ class _Run:
         if any(c.wandb for c in configs):
             _import_wandb()
         if lm is None:
-            say(f"loading language model {c0.model} ...")
-            lm = load_language_model(c0.model, device=c0.device, dtype=c0.dtype, trust_remote_code=c0.trust_remote_code)
+            say(f"loading language model {c0.model.name} ...")
+            lm = load_language_model(
+                c0.model.name, device=c0.device, dtype=c0.dtype, trust_remote_code=c0.trust_remote_code
+            )
         run = cls(configs, names, lm, say)
         if resume:
             run._resume(saved)
@@ -627,24 +593,26 @@ def _sync(device: torch.device) -> None:
 def _check_together(configs: list[TrainConfig]) -> None:
     if not configs:
         raise ValueError("train needs at least one config")
+    first = config_dict(configs[0])
     for c in configs[1:]:
+        values = config_dict(c)
         for name in DATA_FIELDS:
-            if getattr(c, name) != getattr(configs[0], name):
+            if values[name] != first[name]:
                 raise UserError(
-                    f"transcoders trained side by side must share {name} "
-                    f"({getattr(configs[0], name)!r} vs {getattr(c, name)!r})"
+                    f"transcoders trained side by side must share {name} ({first[name]!r} vs {values[name]!r})"
                 )
 
 
 def check_resume_config(saved: dict[str, Any], given: TrainConfig, directory: Path) -> None:
     """A resumed run must compute what the interrupted one would have: only the settings in
     ``RESUME_MUTABLE`` (where and how it reports) may change."""
-    saved_config = make_config(saved, f"{directory}/resume/state.json")
-    for f in dataclasses.fields(TrainConfig):
-        if f.name not in RESUME_MUTABLE and getattr(saved_config, f.name) != getattr(given, f.name):
+    was = config_dict(make_config(saved, f"{directory}/resume/state.json"))
+    now = config_dict(given)
+    for key in FLAT_KEYS:
+        if key not in RESUME_MUTABLE and was[key] != now[key]:
             raise UserError(
-                f"--{f.name}: the run in {directory} was started with {getattr(saved_config, f.name)!r}, "
-                f"not {getattr(given, f.name)!r}; --resume continues a run with its saved settings"
+                f"{flag_of(key)}: the run in {directory} was started with {was[key]!r}, "
+                f"not {now[key]!r}; --resume continues a run with its saved settings"
             )
 
 
