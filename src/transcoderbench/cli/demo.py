@@ -14,6 +14,7 @@ from transcoderbench.config import DataConfig, DownstreamConfig, EvalConfig, Mod
 from transcoderbench.errors import UserError
 from transcoderbench.evaluate import evaluate_transcoders
 from transcoderbench.formats import load_transcoder
+from transcoderbench.io import directory_lock
 from transcoderbench.lm import load_language_model
 from transcoderbench.train.demo import (
     DEMO_LAYER,
@@ -77,6 +78,13 @@ def run_demo(
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output_dir {out}: exists and is a file; choose a directory")
+    with directory_lock(out, what="demo output folder"):
+        return _run_demo(out, progress, eval_batches, downstream, absorption, overrides)
+
+
+def _run_demo(
+    out: Path, progress: bool, eval_batches: int, downstream: bool, absorption: bool, overrides: dict[str, object]
+) -> dict[str, Path]:
     start = time.perf_counter()
 
     def say(msg: str) -> None:

@@ -77,7 +77,9 @@ def config_of(args: argparse.Namespace) -> TrainConfig:
     if "output_dir" not in given:
         raise UserError("--resume needs --output_dir: the run directory to continue")
     meta, _ = load_state(given["output_dir"])
-    return make_config({**meta["config"], **given}, f"{given['output_dir']}/resume/state.json")
+    # Anything that runs code needs its flag on this command line: never trust_remote_code from a saved file.
+    values = {**meta["config"], **given, "trust_remote_code": given.get("trust_remote_code", False)}
+    return make_config(values, f"{given['output_dir']}/resume/state.json")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,8 +5,10 @@ How a step works, the scales, the initialisation and the inference threshold: ``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -21,6 +23,7 @@ from torch import Tensor
 from transcoderbench.data import resolve_text_source
 from transcoderbench.errors import UserError
 from transcoderbench.formats import save_native
+from transcoderbench.io import directory_lock
 from transcoderbench.lm import LanguageModel, load_language_model, resolve_site, site_widths
 from transcoderbench.progress import progress_bar
 from transcoderbench.train import state as resume_state
@@ -64,6 +67,22 @@ SEARCH_MARGIN = 0.8
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "train_config.json"
 CHECKPOINTS_DIR = "checkpoints"
+#: Written into every run folder this tool creates; --overwrite clears only folders that hold it.
+RUN_MARKER = ".transcoderbench-run"
+#: What a run folder may hold; --overwrite deletes these and refuses a folder holding anything else.
+OWNED_NAMES = frozenset(
+    {
+        RUN_MARKER,
+        CONFIG_FILE,
+        METRICS_FILE,
+        CHECKPOINTS_DIR,
+        "config.json",
+        "model.safetensors",
+        ".final-staging",
+        resume_state.RESUME_DIR,
+        resume_state.OLD_DIR,
+    }
+)
 _ADAM_KEYS = ("exp_avg", "exp_avg_sq", "step")
 
 
@@ -148,6 +167,8 @@ class TranscoderTrainer:
             aux = aux_loss(pre, dead, residual, x, p["W_enc"], p["b_enc"], p["W_dec"], c.top_k_aux, denominator)
         if aux is not None:
             loss = loss + c.aux_penalty * aux
+        if not math.isfinite(float(loss.detach())):  # before any update: the weights stay the last finite ones
+            raise Diverged(f"the loss is {float(loss.detach())}")
 
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -269,6 +290,10 @@ class TranscoderTrainer:
         self.input_scale, self.target_scale = float(meta["input_scale"]), float(meta["target_scale"])
 
 
+class Diverged(UserError):
+    """A non-finite loss or weight: the settings (learning rate, data) make training blow up."""
+
+
 def unit_rows(w: Tensor) -> Tensor:
     return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
@@ -332,7 +357,15 @@ def train(
     run continues from the resume state in its ``output_dir``; ``overwrite`` replaces earlier runs.
     """
     say = log or (lambda msg: print(msg, file=sys.stderr))
-    run = _Run.open(configs, names, resume=resume, overwrite=overwrite, lm=lm, say=say)
+    with contextlib.ExitStack() as locks:
+        for c in [configs] if isinstance(configs, TrainConfig) else configs:
+            locks.enter_context(directory_lock(c.output_dir, what="run folder"))
+        run = _Run.open(configs, names, resume=resume, overwrite=overwrite, lm=lm, say=say)
+        return _loop(run)
+
+
+def _loop(run: _Run) -> list[TrainResult]:
+    """Train every transcoder of ``run`` to the end, logging and checkpointing on the way."""
     c0, total = run.configs[0], run.total_steps
     bar = progress_bar(total=total, initial=run.start_step, desc="training", unit="step", disable=not c0.progress)
     last: dict[str, dict[str, Any]] = {}
@@ -346,7 +379,10 @@ def train(
                 lr = lr_at(
                     step, lr=c.lr, min_lr=c.min_lr, warmup_steps=c.warmup_steps, total_steps=total, decay=c.decay
                 )
-                last[t.name] = t.step(x, y, lr)
+                try:
+                    last[t.name] = t.step(x, y, lr)
+                except Diverged as exc:
+                    raise run.diverged(t, step + 1, str(exc)) from None
             _sync(run.device)
             run.timing["transcoder_seconds"] += time.perf_counter() - started
             done = step + 1
@@ -419,6 +455,8 @@ class _Run:
         self._seconds_before = 0.0  # wall time before a resume
         self.writers: list[_MetricsWriter] = []
         self.wandb_run: Any = None
+        self.last_checkpoint = 0
+        """The step of the newest checkpoint on disk (0: none yet)."""
 
     @classmethod
     def open(
@@ -441,11 +479,12 @@ class _Run:
         saved = []
         for c, d in zip(configs, dirs):
             if resume:
+                resume_state.recover(d)  # a save interrupted by a crash (we hold the folder's lock)
                 meta, tensors = resume_state.load_state(d)
                 check_resume_config(meta["config"], c, d)
                 saved.append((meta, tensors))
             else:
-                _prepare_output_dir(d, overwrite)
+                _check_output_dir(d, overwrite)
         c0 = configs[0]
         if any(c.wandb for c in configs):
             _import_wandb()
@@ -477,12 +516,14 @@ class _Run:
             f"{self.in_name} -> {self.out_name} of {self.lm.name}, {self.total_steps:,} steps of "
             f"{c0.batch_size:,} tokens"
         )
-        self.buffer.start()
+        self.buffer.start()  # the model, the sites and the data have all worked before anything is deleted
         x0, y0 = self.buffer.first_rows()
         for t in self.trainers:
             t.init_from_data(x0, y0)
         for c, d in zip(self.configs, self.dirs):
+            _clear_run_dir(d)
             d.mkdir(parents=True, exist_ok=True)
+            (d / RUN_MARKER).write_text("a transcoderbench training run (--overwrite may replace it)\n")
             (d / CONFIG_FILE).write_text(json.dumps(config_dict(c), indent=2) + "\n", encoding="utf-8")
 
     def _resume(self, saved: list[tuple[dict[str, Any], dict[str, Tensor]]]) -> None:
@@ -493,6 +534,7 @@ class _Run:
                 f"--resume: the run in {self.dirs[0]} already finished ({self.start_step} of {self.total_steps} steps)"
             )
         self.say(f"resuming from step {self.start_step} of {self.total_steps}")
+        self.last_checkpoint = self.start_step
         self.buffer.load_state(meta0["buffer"], tensors0)
         self.recent.load_state(meta0["recent"], tensors0)
         for t, (meta, tensors) in zip(self.trainers, saved):
@@ -524,8 +566,11 @@ class _Run:
 
     def info(self, t: TranscoderTrainer, step: int, last: dict[str, Any]) -> dict[str, Any]:
         """``transcoder.info`` for a checkpoint: the model and layer ``evaluate`` needs, and the training record."""
+        given = t.config.model.name
+        local = Path(given).expanduser()
         return {
-            "model_name": self.lm.name,
+            "model_name": os.path.abspath(local) if local.exists() else self.lm.name,  # evaluates from any cwd
+            "model_given": given,
             "layer": layer_of(t.config),
             "training": {
                 **config_dict(t.config),
@@ -549,12 +594,15 @@ class _Run:
         self._clock()
         buf_meta, buf_tensors = ({}, {}) if final else self.buffer.state()
         recent_meta, recent_tensors = self.recent.state()
+        for t in self.trainers:
+            if not all(bool(torch.isfinite(p).all()) for p in t.params.values()):
+                raise self.diverged(t, step, "a weight is not finite")
         saved = []
         for t, c, d in zip(self.trainers, self.configs, self.dirs):
             tc = t.final_transcoder(self.info(t, step, last.get(t.name, {})), self.recent.rows())
             if final:
                 _save_top_level(tc, d)
-                shutil.rmtree(resume_state.resume_dir(d), ignore_errors=True)
+                resume_state.remove_state(d)
             else:
                 save_native(tc, d / CHECKPOINTS_DIR / f"step_{step:07d}")
                 t_meta, t_tensors = t.state()
@@ -570,7 +618,22 @@ class _Run:
                 tensors = {**buf_tensors, **recent_tensors, **{f"trainer.{k}": v for k, v in t_tensors.items()}}
                 resume_state.save_state(d, meta, tensors)
             saved.append(tc)
+        self.last_checkpoint = step
         return saved
+
+    def diverged(self, t: TranscoderTrainer, step: int, what: str) -> Diverged:
+        """The one-line error for a run that blew up, naming what to change and what was kept."""
+        d = self.dirs[self.trainers.index(t)]
+        kept = (
+            f"the last good checkpoint (step {self.last_checkpoint}) is kept in {d / CHECKPOINTS_DIR} and "
+            f"{resume_state.resume_dir(d)}"
+            if self.last_checkpoint
+            else "no checkpoint had been saved yet"
+        )
+        return Diverged(
+            f"training {t.name} diverged at step {step}: {what}. Lower --lr (now {t.config.lr:g}) or check that "
+            f"{self.out_name} varies from token to token (a constant target cannot be learned); {kept}"
+        )
 
     def close(self) -> None:
         for w in self.writers:
@@ -617,23 +680,54 @@ def check_resume_config(saved: dict[str, Any], given: TrainConfig, directory: Pa
 
 
 def _is_run_dir(d: Path) -> bool:
-    return (d / CONFIG_FILE).is_file() or (d / METRICS_FILE).is_file()
+    return (d / RUN_MARKER).is_file() or (d / CONFIG_FILE).is_file() or (d / METRICS_FILE).is_file()
 
 
-def _prepare_output_dir(d: Path, overwrite: bool) -> None:
+def _owned(name: str) -> bool:
+    """Whether a run folder entry is one this tool writes (and so may delete on --overwrite)."""
+    return name in OWNED_NAMES or name.startswith(resume_state.TMP_PREFIX)
+
+
+def _check_output_dir(d: Path, overwrite: bool) -> None:
+    """Refuse a folder a fresh run may not use; with --overwrite, one whose files are not all ours.
+    Deletes nothing: :func:`_clear_run_dir` does, once the model and data have worked."""
     if d.exists() and not d.is_dir():
         raise UserError(f"--output_dir {d}: exists and is a file; choose a directory")
-    if d.is_dir() and any(d.iterdir()):
-        if not _is_run_dir(d):
-            raise UserError(
-                f"--output_dir {d}: exists and does not hold a training run; choose a new or empty directory"
-            )
-        if not overwrite:
-            raise UserError(
-                f"--output_dir {d}: already holds a training run; pass --resume to continue it or "
-                "--overwrite to start again"
-            )
-        shutil.rmtree(d)
+    if not d.is_dir() or not any(d.iterdir()):
+        return
+    if not _is_run_dir(d):
+        raise UserError(f"--output_dir {d}: exists and does not hold a training run; choose a new or empty directory")
+    if not overwrite:
+        raise UserError(
+            f"--output_dir {d}: already holds a training run; pass --resume to continue it or "
+            "--overwrite to start again"
+        )
+    if str(d) in ("", ".") or d.resolve() == Path.cwd().resolve():
+        raise UserError(f"--output_dir {d}: --overwrite never clears the current directory; give the run's folder")
+    if not (d / RUN_MARKER).is_file():
+        raise UserError(
+            f"--output_dir {d}: --overwrite replaces only folders this tool marked as runs ({RUN_MARKER}); "
+            "delete it yourself or choose another directory"
+        )
+    foreign = sorted(p.name for p in d.iterdir() if not _owned(p.name))
+    if foreign:
+        raise UserError(
+            f"--output_dir {d}: --overwrite deletes only files this tool wrote, and the folder also holds "
+            f"{foreign[0]!r}" + (f" and {len(foreign) - 1} more" if len(foreign) > 1 else "") + "; move them away "
+            "or choose another directory"
+        )
+
+
+def _clear_run_dir(d: Path) -> None:
+    """Delete what an earlier run wrote in ``d`` (only entries :func:`_check_output_dir` let through)."""
+    if not d.is_dir():
+        return
+    for p in d.iterdir():
+        if _owned(p.name):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
 
 
 def _save_top_level(tc: Transcoder, d: Path) -> None:
