@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from transcoderbench import distributed
 from transcoderbench.cli.flags import FlagTable, add_config_flags, add_flag
 from transcoderbench.errors import UserError
 from transcoderbench.train.config import FLAT_KEYS, TrainConfig, coerce, make_config, path_of, read_config_file
@@ -84,7 +85,13 @@ def config_of(args: argparse.Namespace) -> TrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     config = config_of(args)
-    result = train(config, resume=args.resume, overwrite=args.overwrite)[0]
+    try:
+        result = train(config, resume=args.resume, overwrite=args.overwrite)[0]
+        rank0 = distributed.is_rank0()
+    finally:
+        distributed.destroy()  # torchrun: leave the process group (a no-op in one process)
+    if not rank0:
+        return 0
     m = result.final_metrics
     print(
         f"trained {config.architecture} transcoder: last-batch FVU {m.get('fvu', float('nan')):.4f}, "

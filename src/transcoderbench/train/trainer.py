@@ -18,7 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
+
+from transcoderbench import distributed
 
 from transcoderbench.data import resolve_text_source
 from transcoderbench.errors import UserError
@@ -41,6 +44,7 @@ from transcoderbench.train.config import (
     make_config,
 )
 from transcoderbench.train.objective import (
+    Selection,
     aux_loss,
     prefix_losses,
     select_batch_topk,
@@ -147,8 +151,14 @@ class TranscoderTrainer:
         with torch.no_grad():
             self.params["b_dec"].copy_(y.mean(dim=0) * self.target_scale)
 
-    def step(self, x: Tensor, y: Tensor, lr: float) -> dict[str, Any]:
-        """One optimisation step on raw ``x [N, d_in]``, ``y [N, d_out]``; returns the step's metrics."""
+    def step(self, x: Tensor, y: Tensor, lr: float, shard: tuple[int, int] | None = None) -> dict[str, Any]:
+        """One optimisation step on raw ``x [N, d_in]``, ``y [N, d_out]``; returns the step's metrics.
+
+        ``shard`` (data-parallel under torchrun): this rank's rows ``[lo, hi)`` of the global batch.
+        The selection, the dead-latent counters and the loss denominator use the whole batch (every
+        rank holds it), the decoding and the backward pass only this rank's rows; the gradients,
+        summed over ranks, are the one-process gradients.
+        """
         c, p = self.config, self.params
         x, y = x * self.input_scale, y * self.target_scale
         with torch.no_grad():
@@ -157,8 +167,11 @@ class TranscoderTrainer:
             sel = select_batch_topk(pre, c.top_k, None if self.last_kept is None else SEARCH_MARGIN * self.last_kept)
         else:
             sel = select_topk(pre, c.top_k)
-        sel = with_encoder_grad(sel, x, p["W_enc"], p["b_enc"])
         denominator = total_variance(y)
+        full_sel, full_pre, (lo, hi) = sel, pre, shard or (0, x.shape[0])
+        if shard is not None:
+            sel, x, y, pre = _rows(sel, lo, hi), x[lo:hi], y[lo:hi], pre[lo:hi]
+        sel = with_encoder_grad(sel, x, p["W_enc"], p["b_enc"])
         fvus, residual = prefix_losses(sel, y, p["W_dec"], p["b_dec"], self.prefix_ends, denominator)
         loss = torch.stack(fvus).mean()
         dead = self.tokens_since_fired >= c.dead_window
@@ -167,11 +180,21 @@ class TranscoderTrainer:
             aux = aux_loss(pre, dead, residual, x, p["W_enc"], p["b_enc"], p["W_dec"], c.top_k_aux, denominator)
         if aux is not None:
             loss = loss + c.aux_penalty * aux
-        if not math.isfinite(float(loss.detach())):  # before any update: the weights stay the last finite ones
-            raise Diverged(f"the loss is {float(loss.detach())}")
+        parts = torch.stack([loss.detach(), *(f.detach() for f in fvus), (aux if aux is not None else loss).detach()])
+        if shard is not None:
+            dist.all_reduce(parts)  # the whole batch's losses: every rank sees the same, and stops together
+        loss_value = float(parts[0])
+        if not math.isfinite(loss_value):  # before any update: the weights stay the last finite ones
+            raise Diverged(f"the loss is {loss_value}")
 
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if shard is not None:
+            for v in p.values():
+                if v.grad is None:
+                    v.grad = torch.zeros_like(v)
+                dist.all_reduce(v.grad)
+        sel, n = full_sel, full_sel.n_tokens
         with torch.no_grad():
             W_dec = p["W_dec"]
             W_dec.grad -= (W_dec.grad * W_dec).sum(dim=1, keepdim=True) * W_dec  # keep rows on the unit sphere
@@ -180,7 +203,6 @@ class TranscoderTrainer:
             self.optimizer.step()
             W_dec.copy_(unit_rows(W_dec))
 
-            n = x.shape[0]
             self.tokens_since_fired += n
             self.tokens_since_fired[torch.bincount(sel.latents, minlength=c.dict_size) > 0] = 0
             if self.batch_topk and sel.values.numel():
@@ -192,18 +214,18 @@ class TranscoderTrainer:
                 )
             self.steps_done += 1
             out = {
-                "loss": float(loss),
-                "fvu": float(fvus[-1]),
-                "aux_loss": None if aux is None else float(aux),
+                "loss": loss_value,
+                "fvu": float(parts[len(fvus)]),
+                "aux_loss": None if aux is None else float(parts[-1]),
                 "l0": sel.latents.numel() / n,
                 "dead_fraction": float(dead.float().mean()),
                 "lr": lr,
             }
             if len(fvus) > 1:
-                out["prefix_fvu"] = [float(f) for f in fvus]
+                out["prefix_fvu"] = [float(f) for f in parts[1 : 1 + len(fvus)]]
             if self.batch_topk and self.threshold is not None:
                 out["threshold"] = self.threshold / self.target_scale
-                out["l0_inference"] = float((pre > self.threshold).sum()) / n
+                out["l0_inference"] = float((full_pre > self.threshold).sum()) / n
         return out
 
     # ------------------------------------------------------------------ outputs
@@ -290,6 +312,12 @@ class TranscoderTrainer:
         self.input_scale, self.target_scale = float(meta["input_scale"]), float(meta["target_scale"])
 
 
+def _rows(sel: Selection, lo: int, hi: int) -> Selection:
+    """The entries of rows ``[lo, hi)`` of a selection (sorted by token), renumbered from 0."""
+    a, b = (int(i) for i in torch.searchsorted(sel.tokens, torch.tensor([lo, hi], device=sel.tokens.device)))
+    return Selection(sel.tokens[a:b] - lo, sel.latents[a:b], sel.values[a:b], hi - lo)
+
+
 class Diverged(UserError):
     """A non-finite loss or weight: the settings (learning rate, data) make training blow up."""
 
@@ -356,9 +384,12 @@ def train(
     Configs trained together must agree on every setting in ``DATA_FIELDS``. With ``resume`` each
     run continues from the resume state in its ``output_dir``; ``overwrite`` replaces earlier runs.
     """
-    say = log or (lambda msg: print(msg, file=sys.stderr))
+    config_list = [configs] if isinstance(configs, TrainConfig) else list(configs)
+    distributed.init_from_env(config_list[0].device if config_list else "cpu")  # torchrun: join the group
+    rank0 = distributed.is_rank0()
+    say = (log or (lambda msg: print(msg, file=sys.stderr))) if rank0 else (lambda msg: None)
     with contextlib.ExitStack() as locks:
-        for c in [configs] if isinstance(configs, TrainConfig) else configs:
+        for c in config_list if rank0 else []:  # only rank 0 writes
             locks.enter_context(directory_lock(c.output_dir, what="run folder"))
         run = _Run.open(configs, names, resume=resume, overwrite=overwrite, lm=lm, say=say)
         return _loop(run)
@@ -367,7 +398,9 @@ def train(
 def _loop(run: _Run) -> list[TrainResult]:
     """Train every transcoder of ``run`` to the end, logging and checkpointing on the way."""
     c0, total = run.configs[0], run.total_steps
-    bar = progress_bar(total=total, initial=run.start_step, desc="training", unit="step", disable=not c0.progress)
+    bar = progress_bar(
+        total=total, initial=run.start_step, desc="training", unit="step", disable=not (c0.progress and run.rank0)
+    )
     last: dict[str, dict[str, Any]] = {}
     try:
         for step in range(run.start_step, total):
@@ -380,7 +413,7 @@ def _loop(run: _Run) -> list[TrainResult]:
                     step, lr=c.lr, min_lr=c.min_lr, warmup_steps=c.warmup_steps, total_steps=total, decay=c.decay
                 )
                 try:
-                    last[t.name] = t.step(x, y, lr)
+                    last[t.name] = t.step(x, y, lr, run.shard)
                 except Diverged as exc:
                     raise run.diverged(t, step + 1, str(exc)) from None
             _sync(run.device)
@@ -412,6 +445,9 @@ class _Run:
     ) -> None:
         self.configs, self.names, self.lm, self.say = configs, names, lm, say
         c0 = configs[0]
+        self.rank0, self.world_size = distributed.is_rank0(), distributed.world_size()
+        rows = c0.batch_size // self.world_size
+        self.shard = (distributed.rank() * rows, (distributed.rank() + 1) * rows) if self.world_size > 1 else None
         self.dirs = [Path(c.output_dir) for c in configs]
         self.device = lm.device
         self.in_name, self.out_name = default_sites(c0)
@@ -438,7 +474,7 @@ class _Run:
             d_in=d_in,
             d_out=d_out,
             tokens_to_serve=self.total_steps * c0.batch_size,
-            show_progress=c0.progress,
+            show_progress=c0.progress and self.rank0,
             log=say,
             max_batches=math.ceil(c0.dataset_tokens / (c0.lm_batch_size * c0.seq_len)) if c0.dataset_tokens else None,
         )
@@ -476,10 +512,15 @@ class _Run:
         dirs = [Path(c.output_dir) for c in configs]
         if len({str(d.resolve()) for d in dirs}) != len(dirs):
             raise UserError("transcoders trained side by side need different output directories")
+        world = distributed.world_size()
+        if configs[0].batch_size % world:
+            raise UserError(f"--batch_tokens {configs[0].batch_size}: must be a multiple of the {world} processes")
         saved = []
         for c, d in zip(configs, dirs):
             if resume:
-                resume_state.recover(d)  # a save interrupted by a crash (we hold the folder's lock)
+                if distributed.is_rank0():
+                    resume_state.recover(d)  # a save interrupted by a crash (rank 0 holds the folder's lock)
+                distributed.barrier()
                 meta, tensors = resume_state.load_state(d)
                 check_resume_config(meta["config"], c, d)
                 saved.append((meta, tensors))
@@ -491,7 +532,10 @@ class _Run:
         if lm is None:
             say(f"loading language model {c0.model.name} ...")
             lm = load_language_model(
-                c0.model.name, device=c0.device, dtype=c0.dtype, trust_remote_code=c0.trust_remote_code
+                c0.model.name,
+                device=distributed.rank_device(c0.device),
+                dtype=c0.dtype,
+                trust_remote_code=c0.trust_remote_code,
             )
         run = cls(configs, names, lm, say)
         if resume:
@@ -499,9 +543,10 @@ class _Run:
         else:
             run._start()
         run.writers = [
-            _MetricsWriter(d / METRICS_FILE, keep_until=run.start_step if resume else None) for d in run.dirs
+            _MetricsWriter(d / METRICS_FILE, keep_until=run.start_step if resume else None)
+            for d in (run.dirs if run.rank0 else [])
         ]
-        if any(c.wandb for c in configs):
+        if any(c.wandb for c in configs) and run.rank0:
             run.wandb_run = _import_wandb().init(
                 project=c0.wandb_project,
                 name="+".join(names),
@@ -520,11 +565,12 @@ class _Run:
         x0, y0 = self.buffer.first_rows()
         for t in self.trainers:
             t.init_from_data(x0, y0)
-        for c, d in zip(self.configs, self.dirs):
+        for c, d in zip(self.configs, self.dirs) if self.rank0 else []:
             _clear_run_dir(d)
             d.mkdir(parents=True, exist_ok=True)
             (d / RUN_MARKER).write_text("a transcoderbench training run (--overwrite may replace it)\n")
             (d / CONFIG_FILE).write_text(json.dumps(config_dict(c), indent=2) + "\n", encoding="utf-8")
+        distributed.barrier()
 
     def _resume(self, saved: list[tuple[dict[str, Any], dict[str, Tensor]]]) -> None:
         meta0, tensors0 = saved[0]
@@ -556,6 +602,7 @@ class _Run:
                     "tokens": step * batch,
                     **last[t.name],
                     "epoch": self.buffer.epoch + 1,
+                    "world_size": self.world_size,
                     **{k: round(v, 3) for k, v in self.timing.items()},
                 }
             )
@@ -578,6 +625,7 @@ class _Run:
                 "steps": step,
                 "total_steps": self.total_steps,
                 "tokens_trained": step * t.config.batch_size,
+                "world_size": self.world_size,
                 "last_step_metrics": last,
                 "timing": dict(self.timing),
                 "buffer": {
@@ -597,13 +645,17 @@ class _Run:
         for t in self.trainers:
             if not all(bool(torch.isfinite(p).all()) for p in t.params.values()):
                 raise self.diverged(t, step, "a weight is not finite")
+        spread = [_rank_spread(t) for t in self.trainers] if self.world_size > 1 else None
         saved = []
         for t, c, d in zip(self.trainers, self.configs, self.dirs):
-            tc = t.final_transcoder(self.info(t, step, last.get(t.name, {})), self.recent.rows())
-            if final:
+            info = self.info(t, step, last.get(t.name, {}))
+            if spread is not None:  # 0.0: every rank holds the same weights (checked, not assumed)
+                info["training"]["max_weight_difference_between_ranks"] = spread[self.trainers.index(t)]
+            tc = t.final_transcoder(info, self.recent.rows())
+            if final and self.rank0:
                 _save_top_level(tc, d)
                 resume_state.remove_state(d)
-            else:
+            elif self.rank0:
                 save_native(tc, d / CHECKPOINTS_DIR / f"step_{step:07d}")
                 t_meta, t_tensors = t.state()
                 meta = {
@@ -614,10 +666,12 @@ class _Run:
                     "recent": recent_meta,
                     "trainer": t_meta,
                     "timing": dict(self.timing),
+                    "world_size": self.world_size,
                 }
                 tensors = {**buf_tensors, **recent_tensors, **{f"trainer.{k}": v for k, v in t_tensors.items()}}
                 resume_state.save_state(d, meta, tensors)
             saved.append(tc)
+        distributed.barrier()
         self.last_checkpoint = step
         return saved
 
@@ -643,6 +697,17 @@ class _Run:
 
 
 # ============================================================================ helpers
+def _rank_spread(t: TranscoderTrainer) -> float:
+    """The largest difference between any rank's weights and rank 0's (collective: every rank calls it)."""
+    worst = torch.zeros((), device=t.params["W_dec"].device)
+    for v in t.params.values():
+        ref = v.detach().clone()
+        dist.broadcast(ref, 0)
+        worst = torch.maximum(worst, (v.detach() - ref).abs().max())
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+    return float(worst)
+
+
 def _postfix(name: str, m: dict[str, Any]) -> str:
     l0 = f"L0 {m['l0']:.0f}" + (f"/{m['l0_inference']:.0f}" if "l0_inference" in m else "")
     return f"{name}: loss {m['loss']:.3f} fvu {m['fvu']:.3f} {l0} dead {100 * m['dead_fraction']:.1f}%"
