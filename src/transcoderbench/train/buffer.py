@@ -38,7 +38,6 @@ import torch.distributed as dist
 from torch import Tensor
 
 from transcoderbench import distributed
-
 from transcoderbench.data import TextSource, TokenBatch, token_batches
 from transcoderbench.errors import UserError
 from transcoderbench.lm import LanguageModel, Site, capture

@@ -22,7 +22,6 @@ import torch.distributed as dist
 from torch import Tensor
 
 from transcoderbench import distributed
-
 from transcoderbench.data import resolve_text_source
 from transcoderbench.errors import UserError
 from transcoderbench.formats import save_native
