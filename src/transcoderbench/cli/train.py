@@ -47,7 +47,10 @@ def register(sub: Any) -> None:
         "buffer position and random state)",
     )
     add_flag(
-        parser, "overwrite", action="store_true", help="replace an earlier run in --output_dir instead of refusing"
+        parser,
+        "overwrite",
+        action="store_true",
+        help="replace an earlier run in --output_dir instead of refusing (only a folder this tool marked as a run, only its own files, and only once every flag, the model and the data have been checked)",
     )
     # Flags stay strings and unset ones stay out of the namespace, so a --config file can fill them.
     table = FlagTable(LIBRARY_FIELDS)
