@@ -68,3 +68,28 @@ def test_two_gloo_processes_equal_one(tiny_model_dir, tmp_path):
     assert [m["step"] for m in lines] == [m["step"] for m in ref]
     assert [m["l0"] for m in lines] == [m["l0"] for m in ref]  # the same tokens, the same selections
     assert [m["loss"] for m in lines] == pytest.approx([m["loss"] for m in ref], rel=TOLERANCE)
+
+
+SIDE_BY_SIDE = """
+import sys
+from transcoderbench.train import make_config, train
+common = dict(model=sys.argv[1], layer=1, dict_size=32, top_k=4, top_k_aux=8, batch_size=128, token_budget=512,
+              seq_len=32, lm_batch_size=4, buffer_tokens=640, lr=0.01, warmup_steps=1, device="cpu", progress=False,
+              dataset="builtin:stdlib-docstrings")
+configs = [make_config({**common, "architecture": a, "output_dir": f"{sys.argv[2]}/{a}"}) for a in ("topk", "batchtopk")]
+train(configs, names=["topk", "batchtopk"], log=lambda m: None)
+"""
+
+
+@pytest.mark.slow
+def test_two_transcoders_from_one_buffer_under_torchrun(tiny_model_dir, tmp_path):
+    model = tiny_model_dir("llama")
+    (tmp_path / "side.py").write_text(SIDE_BY_SIDE)
+    for n, where in ((1, "one"), (2, "two")):
+        done = run([*torchrun(n), str(tmp_path / "side.py"), str(model), str(tmp_path / where)], tmp_path)
+        assert done.returncode == 0, done.stderr
+    for arch in ("topk", "batchtopk"):
+        a = load_safetensors(tmp_path / "one" / arch / "model.safetensors")
+        b = load_safetensors(tmp_path / "two" / arch / "model.safetensors")
+        assert all(torch.allclose(a[k], b[k], rtol=TOLERANCE, atol=TOLERANCE) for k in a), arch
+        assert load_transcoder(str(tmp_path / "two" / arch)).info["training"]["world_size"] == 2

@@ -185,13 +185,19 @@ def test_divergence_stops_with_exit_2_and_keeps_the_last_good_checkpoint(model, 
         assert all(torch.isfinite(v).all() for v in load_safetensors(ckpt / "model.safetensors").values())
 
 
-def test_a_constant_target_stops_at_the_first_step():
+def test_a_constant_target_is_refused_and_a_non_finite_loss_updates_nothing():
     config = TrainConfig.from_flat(layer=0, architecture="batchtopk", dict_size=16, top_k=2, batch_size=64)
     t = TranscoderTrainer(config, d_in=8, d_out=8, input_site="a", output_site="b")
-    x, y = torch.randn(64, 8), torch.ones(64, 8)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 8, generator=g)
+    with pytest.raises(Diverged, match="the target b is constant"):
+        t.init_from_data(x, torch.full((64, 8), 3.0))
+    y = torch.randn(64, 8, generator=g)
     t.init_from_data(x, y)
+    with torch.no_grad():
+        t.params["b_dec"][0] = float("inf")  # as an overflowing update would leave it
     before = {k: v.detach().clone() for k, v in t.params.items()}
-    with pytest.raises(Diverged, match="the loss is nan"):
+    with pytest.raises(Diverged, match="the loss is (nan|inf)"):
         t.step(x, y, 1e-3)
     assert all(torch.equal(before[k], t.params[k]) for k in before)  # no update from a non-finite loss
 

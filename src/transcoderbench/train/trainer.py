@@ -146,6 +146,12 @@ class TranscoderTrainer:
         """
         self.input_scale = float(math.sqrt(x.shape[1] / x.pow(2).sum(dim=1).mean().clamp_min(1e-30)))
         centred = y - y.mean(dim=0)
+        if not float(centred.pow(2).sum(dim=1).mean()) > 1e-10 * float(y.pow(2).sum(dim=1).mean()):
+            raise Diverged(
+                f"the target {self.output_site} is constant over the first {y.shape[0]:,} training tokens, so there "
+                "is nothing to learn (its fraction of variance unexplained is undefined); choose another "
+                "--output_site or --layer"
+            )
         self.target_scale = float(math.sqrt(y.shape[1] / centred.pow(2).sum(dim=1).mean().clamp_min(1e-30)))
         with torch.no_grad():
             self.params["b_dec"].copy_(y.mean(dim=0) * self.target_scale)
