@@ -201,8 +201,9 @@ class TranscoderTrainer:
                 dist.all_reduce(v.grad)
         sel, n = full_sel, full_sel.n_tokens
         with torch.no_grad():
-            W_dec = p["W_dec"]
-            W_dec.grad -= (W_dec.grad * W_dec).sum(dim=1, keepdim=True) * W_dec  # keep rows on the unit sphere
+            W_dec, grad = p["W_dec"], p["W_dec"].grad
+            assert grad is not None  # every parameter gets a gradient (sparse decode, encoder entries, biases)
+            grad -= (grad * W_dec).sum(dim=1, keepdim=True) * W_dec  # keep rows on the unit sphere
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self.optimizer.step()
@@ -218,7 +219,7 @@ class TranscoderTrainer:
                     else (self.threshold_beta * self.threshold + (1 - self.threshold_beta) * self.last_kept)
                 )
             self.steps_done += 1
-            out = {
+            out: dict[str, Any] = {
                 "loss": loss_value,
                 "fvu": float(parts[len(fvus)]),
                 "aux_loss": None if aux is None else float(parts[-1]),
