@@ -308,6 +308,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 def make_config(values: dict[str, Any], where: str = "config") -> TrainConfig:
     """A checked :class:`TrainConfig` from flat ``key -> value`` (missing settings take defaults)."""
+    values = {KEY_ALIASES.get(k, k): v for k, v in values.items()}
     unknown = [k for k in values if k not in _PATHS]
     if unknown:
         raise UserError(f"{where}: unknown setting {unknown[0]!r}")
