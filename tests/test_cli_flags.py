@@ -99,7 +99,7 @@ def test_train_batch_tokens_and_its_deprecated_alias(tmp_path, capsys):
     parser = build_parser()
     new = parser.parse_args(["train", "--batch_tokens", "512"])
     old = parser.parse_args(["train", "--batch-size", "512"])
-    assert new.batch_size == old.batch_size == "512"
+    assert getattr(new, "optim.batch_size") == getattr(old, "optim.batch_size") == "512"
     assert capsys.readouterr().err.strip() == "note: --batch-size is deprecated; use --batch_tokens"
     (tmp_path / "a.yaml").write_text("batch_tokens: 256\nlayer: 1\n")
     (tmp_path / "b.yaml").write_text("batch_size: 256\nlayer: 1\n")

@@ -4,7 +4,6 @@ auxiliary loss revives dead latents, and checkpoints load in `evaluate` and `com
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import os
@@ -53,10 +52,10 @@ def trained(tiny_lm, tmp_path_factory):
     lm = tiny_lm("llama")
     root = tmp_path_factory.mktemp("train")
     configs = [
-        TrainConfig(
+        TrainConfig.from_flat(
             **TINY, model=lm.name, architecture="matryoshka", group_sizes="8,24,32", output_dir=str(root / "mat")
         ),
-        TrainConfig(**TINY, model=lm.name, architecture="batchtopk", output_dir=str(root / "btk")),
+        TrainConfig.from_flat(**TINY, model=lm.name, architecture="batchtopk", output_dir=str(root / "btk")),
     ]
     results = train(configs, names=["mat", "btk"], lm=lm, log=lambda m: None)
     return {r.name: r for r in results}
@@ -163,8 +162,8 @@ def test_resumed_run_reaches_the_same_weights(tiny_lm, tmp_path, monkeypatch, mo
         log_every=2,
         **data,
     )
-    whole = TrainConfig(**{**base, "output_dir": str(tmp_path / "whole")})
-    resumed = TrainConfig(**{**base, "output_dir": str(tmp_path / "resumed")})
+    whole = TrainConfig.from_flat(**{**base, "output_dir": str(tmp_path / "whole")})
+    resumed = TrainConfig.from_flat(**{**base, "output_dir": str(tmp_path / "resumed")})
     result = train(whole, lm=lm, log=lambda m: None)[0]
     assert any(r["aux_loss"] is not None for r in read_jsonl(result.output_dir / "metrics.jsonl"))  # aux path ran
     if mode == "in_memory":
@@ -190,7 +189,7 @@ def test_resumed_run_reaches_the_same_weights(tiny_lm, tmp_path, monkeypatch, mo
 
 def test_resume_refuses_changed_settings(tiny_lm, tmp_path, monkeypatch):
     lm = tiny_lm("llama")
-    config = TrainConfig(
+    config = TrainConfig.from_flat(
         **{
             **TINY,
             "model": lm.name,
@@ -202,7 +201,7 @@ def test_resume_refuses_changed_settings(tiny_lm, tmp_path, monkeypatch):
     )
     interrupted_run(monkeypatch, config, lm, after_batches=6)
     with pytest.raises(UserError, match="--top_k: the run in .* was started with 4, not 5"):
-        train(dataclasses.replace(config, top_k=5), resume=True, lm=lm)
+        train(config.replace(top_k=5), resume=True, lm=lm)
     with pytest.raises(UserError, match="already holds a training run; pass --resume"):
         train(config, lm=lm)
     # from the command line, with only the run directory; the reporting settings may change
@@ -228,7 +227,7 @@ def test_aux_loss_revives_latents_dead_at_initialisation():
             x = ((1 + torch.rand(batch, k, generator=g))[..., None] * directions[idx]).sum(1)
             return x, x
 
-        config = TrainConfig(
+        config = TrainConfig.from_flat(
             layer=0,
             architecture="batchtopk",
             dict_size=n_latents,

@@ -146,7 +146,7 @@ def test_aux_loss_matches_dense_reference():
 
 def test_one_step_keeps_decoder_rows_unit_and_moves_orthogonally():
     """The decoder update: the gradient part along each row is removed, then rows are renormalised."""
-    c = TrainConfig(
+    c = TrainConfig.from_flat(
         layer=0,
         architecture="batchtopk",
         dict_size=24,
@@ -173,7 +173,7 @@ def test_one_step_keeps_decoder_rows_unit_and_moves_orthogonally():
 
 
 def test_encoder_is_a_separate_random_matrix_when_widths_differ():
-    c = TrainConfig(layer=0, dict_size=16, top_k=2, architecture="batchtopk")
+    c = TrainConfig.from_flat(layer=0, dict_size=16, top_k=2, architecture="batchtopk")
     t = TranscoderTrainer(c, d_in=6, d_out=9, input_site="a", output_site="b")
     assert t.params["W_enc"].shape == (6, 16) and t.params["W_dec"].shape == (16, 9)
     assert torch.allclose(t.params["W_enc"].norm(dim=0), torch.ones(16), atol=1e-6)

@@ -2,7 +2,8 @@
 
 ``torchrun`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; without them this is one process and
 every call here is a no-op. On a machine with CUDA the group gets both backends (gloo for CPU
-tensors, NCCL for CUDA tensors), so ``--device cpu`` works there too.
+tensors, NCCL for CUDA tensors), so ``--device cpu`` works there too. Training and evaluation
+both use this one module.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-__all__ = ["barrier", "destroy", "init_from_env", "is_rank0"]
+__all__ = ["barrier", "destroy", "init_from_env", "is_rank0", "rank", "rank_device", "uses_cuda", "world_size"]
 
 #: Ranks may wait this long for rank 0 (e.g. while it alone measures absorption).
 TIMEOUT = timedelta(hours=6)
@@ -24,23 +25,41 @@ def _initialized() -> bool:
 
 
 def init_from_env() -> tuple[int, int, int]:
-    """``(rank, world_size, local_rank)``; joins the process group when ``WORLD_SIZE`` > 1."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    """``(rank, world_size, local_rank)``; joins the process group when ``WORLD_SIZE`` > 1 (once)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if world_size > 1 and not _initialized():
+    if world > 1 and not _initialized():
         backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank % torch.cuda.device_count())
         dist.init_process_group(backend=backend, timeout=TIMEOUT)
     if _initialized():
         return dist.get_rank(), dist.get_world_size(), local_rank
-    return rank, world_size, local_rank
+    return int(os.environ.get("RANK", "0")), world, local_rank
+
+
+def uses_cuda(device: str) -> bool:
+    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+
+
+def rank_device(device: str) -> str:
+    """The device this rank computes on: ``cuda:LOCAL_RANK`` for a CUDA run (``auto``/``cuda``) under torchrun."""
+    if world_size() > 1 and device in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
+    return device
+
+
+def world_size() -> int:
+    return dist.get_world_size() if _initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if _initialized() else 0
 
 
 def is_rank0() -> bool:
     """True on the one process that writes outputs (and when not distributed)."""
-    return not _initialized() or dist.get_rank() == 0
+    return rank() == 0
 
 
 def barrier() -> None:

@@ -183,9 +183,26 @@ SWAP_JOURNAL = ".transcoderbench-swap.json"
 _STALE_PATTERNS = (".*.tmp-*", ".*.tmp", ".*.stale-*")
 
 
-def fault_point(name: str) -> None:
-    """Die here like ``kill -9`` (exit status 137, no cleanup) when ``$TRANSCODERBENCH_FAULT`` names this point."""
-    if os.environ.get(FAULT_ENV) == name:
+_fault_hits: dict[str, int] = {}
+
+
+def fault_point(name: str, count: int | None = None) -> None:
+    """Die here like ``kill -9`` (exit status 137, no cleanup) when ``$TRANSCODERBENCH_FAULT`` names this point.
+
+    ``NAME`` dies the first time the point is reached, ``NAME@N`` the N-th time, and ``NAME:K`` where
+    the caller's ``count`` is K (e.g. after batch K). Tests inject crashes here, never by timing.
+    """
+    wanted = os.environ.get(FAULT_ENV, "")
+    if ":" in wanted:
+        point, _, value = wanted.partition(":")
+        if point == name and count is not None and value.isdigit() and count == int(value):
+            os._exit(137)
+        return
+    point, _, nth = wanted.partition("@")
+    if point != name:
+        return
+    _fault_hits[name] = _fault_hits.get(name, 0) + 1
+    if _fault_hits[name] == int(nth or 1):
         os._exit(137)
 
 

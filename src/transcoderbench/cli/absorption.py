@@ -15,10 +15,9 @@ from transcoderbench.cli.common import check_output_dir, default_eval_dir, named
 from transcoderbench.cli.evaluate import CHECKPOINT_HELP
 from transcoderbench.cli.flags import FlagTable, add_config_flags, add_flag, config_from_args
 from transcoderbench.config import AbsorptionConfig, model_record
-from transcoderbench.distributed import barrier, init_from_env
+from transcoderbench.distributed import barrier, init_from_env, rank_device
 from transcoderbench.errors import UserError
 from transcoderbench.evaluate import choose_model, load_transcoders, package_versions
-from transcoderbench.evaluate.api import rank_device
 from transcoderbench.lm import load_language_model
 
 
@@ -74,12 +73,12 @@ def run(args: argparse.Namespace) -> int:
         if not writes:
             barrier()
             return 0
-        _, world_size, local_rank = init_from_env()
+        _, world_size, _ = init_from_env()
         model_name = choose_model(transcoders, config.model.name)
         print(f"loading language model {model_name} ...", file=sys.stderr)
         lm = load_language_model(
             model_name,
-            device=rank_device(config.model.device, local_rank, world_size),
+            device=rank_device(config.model.device),
             dtype=config.model.dtype,
             trust_remote_code=config.model.trust_remote_code,
         )

@@ -14,6 +14,7 @@ from transcoderbench.config import DataConfig, DownstreamConfig, EvalConfig, Mod
 from transcoderbench.errors import UserError
 from transcoderbench.evaluate import evaluate_transcoders
 from transcoderbench.formats import load_transcoder
+from transcoderbench.io import directory_lock
 from transcoderbench.lm import load_language_model
 from transcoderbench.train.demo import (
     DEMO_LAYER,
@@ -34,8 +35,8 @@ def register(sub: Any) -> None:
         help="train, evaluate and compare two transcoders on the built-in model and text (offline)",
         description="On the built-in SmolLM2-135M and corpus: train a Matryoshka and a plain BatchTopK transcoder of "
         "the same width and k at layer 10, evaluate both on held-out text, compare them, and print "
-        "where everything went. About 4 minutes on 2 CPU cores (238 s measured; --no-downstream "
-        "--no-absorption takes about a minute), plus ~20 s the first time to convert the built-in model.",
+        "where everything went. Minutes on a CPU (--no-downstream --no-absorption is fastest); the first run "
+        "also converts the built-in model once. Timings: docs/training.md.",
     )
     add_flag(parser, "output_dir", default="demo_output", metavar="DIR", help="where to write (default: demo_output)")
     add_flag(parser, "progress", action=argparse.BooleanOptionalAction, default=True, help="show progress bars")
@@ -77,12 +78,19 @@ def run_demo(
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output_dir {out}: exists and is a file; choose a directory")
+    with directory_lock(out, what="demo output folder"):
+        return _run_demo(out, progress, eval_batches, downstream, absorption, overrides)
+
+
+def _run_demo(
+    out: Path, progress: bool, eval_batches: int, downstream: bool, absorption: bool, overrides: dict[str, object]
+) -> dict[str, Path]:
     start = time.perf_counter()
 
     def say(msg: str) -> None:
         print(f"[demo {time.perf_counter() - start:5.0f}s] {msg}", file=sys.stderr, flush=True)
 
-    say(f"loading the built-in language model {DEMO_MODEL} (the first time converts it, ~20 s)")
+    say(f"loading the built-in language model {DEMO_MODEL} (the first time converts it)")
     lm = load_language_model(DEMO_MODEL, device="cpu")
     configs = demo_configs(out, progress, **overrides)
     say(

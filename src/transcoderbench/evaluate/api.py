@@ -25,13 +25,14 @@ from transcoderbench.absorption.summary import VERSUS_REDUNDANCY
 from transcoderbench.config import EvalConfig, SelectConfig, options_record
 from transcoderbench.data import TokenBatch, resolve_text_source, token_batches
 from transcoderbench.data.batching import shard_batches
-from transcoderbench.distributed import init_from_env
+from transcoderbench.distributed import init_from_env, rank_device
 from transcoderbench.errors import UserError
-from transcoderbench.evaluate.checkpoint import Checkpointer, SavedPass, fault_point, fingerprint
+from transcoderbench.evaluate.checkpoint import Checkpointer, SavedPass, fingerprint
 from transcoderbench.evaluate.engine import prepare_runs, reduce_pass, run_pass
 from transcoderbench.evaluate.runs import AccumulatorFactory, PassStats
 from transcoderbench.evaluate.splice import plan_downstream
 from transcoderbench.formats import load_transcoder
+from transcoderbench.io import fault_point
 from transcoderbench.lm import LanguageModel, load_language_model, resolve_model_name
 from transcoderbench.lm.loading import check_seq_len
 from transcoderbench.metrics import default_accumulators, weight_metrics
@@ -118,13 +119,6 @@ def transcoder_metrics(name: str, tc: Transcoder, results: dict[str, Any], run_s
     return out
 
 
-def rank_device(device: str, local_rank: int, world_size: int) -> str:
-    """Under torchrun, ``auto``/``cuda`` on a CUDA machine means this rank's own GPU, ``cuda:LOCAL_RANK``."""
-    if world_size > 1 and device in ("auto", "cuda") and torch.cuda.is_available():
-        return f"cuda:{local_rank % torch.cuda.device_count()}"
-    return device
-
-
 def evaluate_transcoders(
     transcoders: dict[str, Transcoder],
     config: EvalConfig | None = None,
@@ -147,7 +141,7 @@ def evaluate_transcoders(
     """
     say = log or (lambda msg: print(msg, file=sys.stderr))
     config = config or EvalConfig()
-    rank, world_size, local_rank = init_from_env()
+    rank, world_size, _ = init_from_env()
     if rank != 0:
         say = lambda msg: None  # noqa: E731 - rank 0 speaks for all
     data, downstream = config.data, config.downstream
@@ -182,7 +176,7 @@ def evaluate_transcoders(
         say(f"loading language model {model_name} ...")
         lm = load_language_model(
             model_name,
-            device=rank_device(config.model.device, local_rank, world_size),
+            device=rank_device(config.model.device),
             dtype=config.model.dtype,
             trust_remote_code=config.model.trust_remote_code,
         )

@@ -26,17 +26,11 @@ from torch import Tensor
 from transcoderbench.config import EvalConfig, options_record
 from transcoderbench.errors import UserError
 from transcoderbench.evaluate.runs import PassStats, TranscoderRun
+from transcoderbench.io import fault_point
 from transcoderbench.transcoders import Transcoder
 
 STATE_DIR = ".resume"
-FAULT_ENV = "TRANSCODERBENCH_FAULT"
 FORMAT = "transcoderbench-eval-state-1"
-
-
-def fault_point(name: str, count: int) -> None:
-    """Die like ``kill -9`` when ``$TRANSCODERBENCH_FAULT`` is ``name:count`` (for tests of resuming)."""
-    if os.environ.get(FAULT_ENV) == f"{name}:{count}":
-        os._exit(137)
 
 
 def _digest(tensors: dict[str, Tensor]) -> str:

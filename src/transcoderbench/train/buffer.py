@@ -14,6 +14,11 @@ Two modes, chosen by what the data turn out to be:
   the dataset; each epoch serves a fresh permutation of them, and the language model never
   runs again. Small datasets (the built-in corpus) train for many epochs at no extra cost.
 
+Under torchrun (``world_size`` N > 1) rank r runs the language model on batches r, r + N, ...
+of the one token stream and the activations are gathered, in stream order, onto every rank: each
+rank holds the same buffer as one process would, so a command line trains on the same tokens in
+the same order whatever N is, while the language-model work is split N ways.
+
 Memory is bounded by ``capacity x (d_in + d_out)`` float32 values whatever the token budget.
 Determinism: the order depends only on the seed and the data; :meth:`state` and
 :meth:`load_state` save and restore the exact position (the unserved rows themselves in
@@ -29,8 +34,10 @@ from itertools import islice
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
+from transcoderbench import distributed
 from transcoderbench.data import TextSource, TokenBatch, token_batches
 from transcoderbench.errors import UserError
 from transcoderbench.lm import LanguageModel, Site, capture
@@ -85,6 +92,9 @@ class ActivationBuffer:
         self.max_batches = max_batches
         """Language-model batches per epoch (None: the whole dataset); a cap makes a small dataset."""
         self._stream: Iterator[TokenBatch] | None = None
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self._gathered: list[tuple[Tensor, Tensor] | None] = []
+        """Under torchrun: batches gathered from every rank, not yet taken (None: the data ended)."""
 
     @property
     def still_needed(self) -> int | None:
@@ -99,14 +109,29 @@ class ActivationBuffer:
             batch_size=self.lm_batch_size,
             n_batches=self.max_batches,
         )
-        self._stream = islice(batches, skip, None)
+        self._stream = islice(batches, skip + self.rank, None, self.world)
+        self._gathered = []
 
     def _read_batch(self) -> tuple[Tensor, Tensor] | None:
         """Kept-token activations of the next language-model batch, or None at the end of the data."""
         if self._stream is None:
             self._open_stream()
         start = time.perf_counter()
-        tb = next(self._stream, None)  # type: ignore[arg-type]
+        if self.world == 1:
+            got = self._run_lm(next(self._stream, None))  # type: ignore[arg-type]
+        else:
+            if not self._gathered:
+                self._gathered = self._gather_round()
+            got = self._gathered.pop(0)
+            if got is None:
+                self._gathered = []  # the batches after the end are past it too
+        self.lm_seconds += time.perf_counter() - start
+        if got is not None:
+            self.batches_read += 1
+            self.tokens_read += got[0].shape[0]
+        return got
+
+    def _run_lm(self, tb: TokenBatch | None) -> tuple[Tensor, Tensor] | None:
         if tb is None:
             return None
         ids = tb.input_ids.to(self.device)
@@ -114,10 +139,29 @@ class ActivationBuffer:
         keep = tb.keep.to(self.device).reshape(-1)
         x = acts[self.input_name].reshape(-1, acts[self.input_name].shape[-1])[keep]
         y = acts[self.output_name].reshape(-1, acts[self.output_name].shape[-1])[keep]
-        self.batches_read += 1
-        self.tokens_read += int(keep.sum())
-        self.lm_seconds += time.perf_counter() - start
         return x, y
+
+    def _gather_round(self) -> list[tuple[Tensor, Tensor] | None]:
+        """Each rank's next batch (stream positions i..i+N-1), gathered in stream order onto every rank."""
+        got = self._run_lm(next(self._stream, None))  # type: ignore[arg-type]
+        d_in, d_out = self.x.shape[1], self.y.shape[1]
+        x, y = got if got is not None else (self.x.new_zeros(0, d_in), self.y.new_zeros(0, d_out))
+        info = torch.tensor([x.shape[0], int(got is not None)], device=self.device)
+        infos = [torch.zeros_like(info) for _ in range(self.world)]
+        dist.all_gather(infos, info)
+        most = max(int(i[0]) for i in infos)
+        pad = lambda t: torch.cat([t, t.new_zeros(most - t.shape[0], t.shape[1])])  # noqa: E731
+        xs = [torch.empty(most, d_in, device=self.device) for _ in range(self.world)]
+        ys = [torch.empty(most, d_out, device=self.device) for _ in range(self.world)]
+        dist.all_gather(xs, pad(x).contiguous())
+        dist.all_gather(ys, pad(y).contiguous())
+        out: list[tuple[Tensor, Tensor] | None] = []
+        for info_r, x_r, y_r in zip(infos, xs, ys):
+            if not int(info_r[1]):
+                out.append(None)
+                break
+            out.append((x_r[: int(info_r[0])], y_r[: int(info_r[0])]))
+        return out
 
     def _shuffle(self, rows: int) -> None:
         perm = torch.randperm(rows, generator=self.generator).to(self.device)
@@ -134,7 +178,7 @@ class ActivationBuffer:
             total=self.capacity if needed is None else min(self.capacity, needed),
             desc="reading activations",
             unit="tok",
-            disable=not (self.show_progress and first),
+            disable=not (self.show_progress and first and self.rank == 0),
             leave=False,
             initial=self.n,
         )

@@ -1,8 +1,14 @@
 """The one definition of a training run's settings: command-line flags, config-file keys and
 the ``training`` record saved in every checkpoint all come from :class:`TrainConfig`.
 
+``TrainConfig`` is nested, as in EleutherAI's sparsify: ``TrainConfig(model, data, coders, optim,
+output)``. Every setting keeps its flat name (``--top_k``, key ``top_k``), which is unique across the
+sections; config files may use flat keys or nested sections (``coders: {top_k: 32}``), and the saved
+``train_config.json`` (flat, as before) is itself a valid ``--config`` file. Flat names also read
+(``config.top_k`` is ``config.coders.top_k``).
+
 Precedence: the dataclass default < a key in ``--config FILE`` (YAML or JSON) < a flag given on
-the command line. A config file key that is not a field is an error naming the key.
+the command line. A config file key that is not a setting is an error naming the key.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -26,12 +32,14 @@ DEFAULT_GROUP_FRACTIONS = "1/16,1/16,1/8,1/4,1/2"
 
 
 @dataclass
-class TrainConfig:
-    """Training settings (one transcoder)."""
+class TrainModelConfig:
+    """Language model and sites"""
 
-    # ------------------------------------------------------------------ what to read
-    model: str = opt(
-        "smollm2-135m", "language model: a hub id, a local directory, a .gguf file, or smollm2-135m (built in, offline)"
+    name: str = opt(
+        "smollm2-135m",
+        "language model: a hub id, a local directory, a .gguf file, or smollm2-135m (built in, offline)",
+        flag="model",
+        key="model",
     )
     layer: int | None = opt(
         None,
@@ -48,40 +56,19 @@ class TrainConfig:
     output_site: str | None = opt(
         None, "site the transcoder predicts (default: blocks.L.hook_mlp_out, the MLP's output)"
     )
-    # ------------------------------------------------------------------ architecture
-    architecture: str = opt(
-        "matryoshka",
-        "matryoshka (nested BatchTopK groups), batchtopk (one group) or topk (each token keeps its own top_k)",
-        choices=ARCHITECTURE_CHOICES,
+    dtype: str = opt("float32", "language-model dtype (float32, bfloat16, float16); the transcoder trains in float32")
+    device: str = opt("auto", "torch device: auto (cuda if available), cpu, cuda, cuda:0, ...")
+    trust_remote_code: bool = opt(
+        False,
+        "allow code from the model or dataset repository to run (never taken from a saved run: "
+        "--resume needs it on its own command line)",
     )
-    dict_size: int = opt(4096, "number of latents (d_sae)")
-    group_sizes: str | None = opt(
-        None,
-        "Matryoshka nested groups, smallest prefix first, comma-separated: latent counts summing to dict_size "
-        "(e.g. 128,256,512,1408) or fractions summing to 1 (e.g. 1/16,1/8,1/4,9/16). "
-        f"Default for matryoshka: {DEFAULT_GROUP_FRACTIONS}",
-    )
-    top_k: int = opt(32, "active latents per token (BatchTopK: on average over the batch)")
-    top_k_aux: int = opt(512, "dead latents per token that the auxiliary loss uses to predict the residual")
-    aux_penalty: float = opt(1 / 32, "weight of the auxiliary dead-latent loss (0 turns it off)")
-    dead_window: int = opt(1_000_000, "a latent that has not fired in this many training tokens counts as dead")
-    # ------------------------------------------------------------------ optimisation
-    lr: float = opt(4e-4, "peak Adam learning rate")
-    warmup_steps: int = opt(1000, "steps of linear warmup from 0 to lr")
-    min_lr: float = opt(0.0, "learning rate reached at the last step")
-    decay: str = opt("cosine", "decay from lr to min_lr after the warmup", choices=DECAY_CHOICES)
-    batch_size: int = opt(
-        4096,
-        "activation tokens per training step (not sequences: see lm_batch_size)",
-        flag="batch_tokens",
-        aliases=("batch_size",),
-    )
-    token_budget: int = opt(
-        50_000_000,
-        "training tokens in all (steps = token_budget / batch_tokens); when the dataset runs out it is read again",
-    )
-    seed: int = opt(0, "seed of the initialisation and of the activation shuffling")
-    # ------------------------------------------------------------------ data
+
+
+@dataclass
+class TrainDataConfig:
+    """Training text and activation buffer"""
+
     dataset: str | None = opt(
         None,
         "training text: a Hugging Face dataset id (streamed), a local .txt/.jsonl file "
@@ -102,10 +89,55 @@ class TrainConfig:
         "activations held in the shuffled buffer (memory: buffer_tokens x (d_in + "
         "d_out) x 4 bytes); a dataset that fits is read by the model only once",
     )
-    dtype: str = opt("float32", "language-model dtype (float32, bfloat16, float16); the transcoder trains in float32")
-    device: str = opt("auto", "torch device: auto (cuda if available), cpu, cuda, cuda:0, ...")
-    trust_remote_code: bool = opt(False, "allow code from the model or dataset repository to run")
-    # ------------------------------------------------------------------ outputs
+
+
+@dataclass
+class CodersConfig:
+    """Transcoder architecture"""
+
+    architecture: str = opt(
+        "matryoshka",
+        "matryoshka (nested BatchTopK groups), batchtopk (one group) or topk (each token keeps its own top_k)",
+        choices=ARCHITECTURE_CHOICES,
+    )
+    dict_size: int = opt(4096, "number of latents (d_sae)")
+    group_sizes: str | None = opt(
+        None,
+        "Matryoshka nested groups, smallest prefix first, comma-separated: latent counts summing to dict_size "
+        "(e.g. 128,256,512,1408) or fractions summing to 1 (e.g. 1/16,1/8,1/4,9/16). "
+        f"Default for matryoshka: {DEFAULT_GROUP_FRACTIONS}",
+    )
+    top_k: int = opt(32, "active latents per token (BatchTopK: on average over the batch)")
+    top_k_aux: int = opt(512, "dead latents per token that the auxiliary loss uses to predict the residual")
+    aux_penalty: float = opt(1 / 32, "weight of the auxiliary dead-latent loss (0 turns it off)")
+    dead_window: int = opt(1_000_000, "a latent that has not fired in this many training tokens counts as dead")
+
+
+@dataclass
+class OptimConfig:
+    """Optimisation"""
+
+    lr: float = opt(4e-4, "peak Adam learning rate")
+    warmup_steps: int = opt(1000, "steps of linear warmup from 0 to lr")
+    min_lr: float = opt(0.0, "learning rate reached at the last step")
+    decay: str = opt("cosine", "decay from lr to min_lr after the warmup", choices=DECAY_CHOICES)
+    batch_size: int = opt(
+        4096,
+        "activation tokens per training step, over all processes (not sequences: see lm_batch_size)",
+        flag="batch_tokens",
+        aliases=("batch_size",),
+    )
+    token_budget: int = opt(
+        50_000_000,
+        "training tokens in all (steps = token_budget / batch_tokens); when the dataset runs out it is read again",
+    )
+    seed: int = opt(0, "seed of the initialisation and of the activation shuffling")
+
+
+@dataclass
+class OutputConfig:
+    """Outputs"""
+
     output_dir: str = opt(
         "runs/transcoder",
         "run directory: the latest transcoder (config.json + model.safetensors, "
@@ -120,9 +152,62 @@ class TrainConfig:
     progress: bool = opt(True, "show progress bars")
 
 
+SECTIONS = ("model", "data", "coders", "optim", "output")
+
+
+@dataclass
+class TrainConfig:
+    """Training settings (one transcoder)"""
+
+    model: TrainModelConfig = field(default_factory=TrainModelConfig)
+    data: TrainDataConfig = field(default_factory=TrainDataConfig)
+    coders: CodersConfig = field(default_factory=CodersConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __getattr__(self, key: str) -> Any:
+        """Flat names read too: ``config.top_k`` is ``config.coders.top_k`` (``model`` is the section)."""
+        where = _PATHS.get(key)
+        if where is None or key in SECTIONS:
+            raise AttributeError(key)
+        return getattr(self.__dict__[where[0]], where[1])
+
+    @classmethod
+    def from_flat(cls, **values: Any) -> TrainConfig:
+        """A config from flat settings (``top_k=4, model="..."``), unchecked; missing ones take defaults."""
+        sections: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+        for key, value in values.items():
+            if key not in _PATHS:
+                raise TypeError(f"TrainConfig has no setting {key!r}")
+            section, leaf = _PATHS[key]
+            sections[section][leaf] = value
+        return cls(**{s: _SECTION_TYPES[s](**v) for s, v in sections.items()})
+
+    def replace(self, **values: Any) -> TrainConfig:
+        """A copy with some flat settings changed."""
+        return TrainConfig.from_flat(**{**config_dict(self), **values})
+
+
+_SECTION_TYPES: dict[str, Any] = {s: field_types(TrainConfig)[s] for s in SECTIONS}
+#: Flat key (``top_k``, ``model``) -> (section, field name).
+_PATHS: dict[str, tuple[str, str]] = {
+    f.metadata.get("key", f.name): (s, f.name) for s in SECTIONS for f in dataclasses.fields(_SECTION_TYPES[s])
+}
+#: Flat key -> dataclass field (for help, flags and types).
+_FIELDS = {k: {f.name: f for f in dataclasses.fields(_SECTION_TYPES[s])}[leaf] for k, (s, leaf) in _PATHS.items()}
+FLAT_KEYS = tuple(_PATHS)
+
+
+def path_of(key: str) -> str:
+    """The dotted path of flat key ``key`` (``coders.top_k``), as the flag generator names dests."""
+    section, leaf = _PATHS[key]
+    return f"{section}.{leaf}"
+
+
 #: Settings that may differ when a run is resumed: they change where and how it reports, not what it computes.
+#: (``trust_remote_code`` is never taken from the saved state: only the resuming command line grants it.)
 RESUME_MUTABLE = frozenset(
-    {"output_dir", "checkpoint_every", "log_every", "wandb", "wandb_project", "progress", "device"}
+    {"output_dir", "checkpoint_every", "log_every", "wandb", "wandb_project", "progress", "device", "trust_remote_code"}
 )
 #: Settings that decide which activations a step sees; runs trained side by side must agree on them.
 DATA_FIELDS = (
@@ -146,8 +231,6 @@ DATA_FIELDS = (
     "trust_remote_code",
 )
 
-_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-
 
 # ----------------------------------------------------------------------------- values
 #: Config-file keys and flags that differ from the field name (the field keeps its name in saved records).
@@ -155,19 +238,44 @@ KEY_ALIASES = {"batch_tokens": "batch_size"}
 
 
 def flag_of(name: str) -> str:
-    """The flag of field ``name``: ``--batch_tokens`` for ``batch_size``, else ``--name``."""
+    """The flag of setting ``name``: ``--batch_tokens`` for ``batch_size``, else ``--name``."""
     return "--" + _FIELDS[name].metadata.get("flag", name)
 
 
 def coerce(name: str, value: Any, where: str) -> Any:
-    """``value`` as the type of field ``name`` (config files may hold strings or lists)."""
+    """``value`` as the type of setting ``name`` (config files may hold strings or lists)."""
     if name == "group_sizes" and isinstance(value, (list, tuple)):
         value = ",".join(str(v) for v in value)
-    return coerce_value(field_types(TrainConfig)[name], value, f"{where}: {name}")
+    section, leaf = _PATHS[name]
+    return coerce_value(field_types(_SECTION_TYPES[section])[leaf], value, f"{where}: {name}")
+
+
+def flatten_keys(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """Flat ``key -> value`` from a config mapping with flat keys, nested sections, or both.
+
+    ``model`` is a section when its value is a mapping and the model's name otherwise.
+    """
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        key = str(key)
+        if key in SECTIONS and isinstance(value, dict):
+            names = {f.name: f.metadata.get("key", f.name) for f in dataclasses.fields(_SECTION_TYPES[key])}
+            for leaf, v in value.items():
+                leaf = KEY_ALIASES.get(str(leaf), str(leaf))
+                if leaf not in names:
+                    raise UserError(f"{where}: unknown key {key}.{leaf}; valid keys are the `train` flags")
+                flat[names[leaf]] = v
+        else:
+            flat[KEY_ALIASES.get(key, key)] = value
+    unknown = [k for k in flat if k not in _PATHS]
+    if unknown:
+        keys = ", ".join(flag_of(k)[2:] for k in FLAT_KEYS)
+        raise UserError(f"{where}: unknown key {unknown[0]!r}; valid keys are the `train` flags ({keys})")
+    return flat
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Keys and values of a YAML (.yaml/.yml) or JSON config file, checked against the fields."""
+    """Flat keys and values of a YAML (.yaml/.yml) or JSON config file, checked against the settings."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"--config {path}: no such file")
@@ -197,20 +305,17 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise UserError(f"--config {path}: must hold a mapping of setting names to values")
-    data = {KEY_ALIASES.get(k, k): v for k, v in data.items()}
-    unknown = [k for k in data if k not in _FIELDS]
-    if unknown:
-        keys = ", ".join(next((a for a, f in KEY_ALIASES.items() if f == k), k) for k in _FIELDS)
-        raise UserError(f"--config {path}: unknown key {unknown[0]!r}; valid keys are the `train` flags ({keys})")
+    data = flatten_keys(data, f"--config {path}")
     return {k: coerce(k, v, f"--config {path}") for k, v in data.items()}
 
 
 def make_config(values: dict[str, Any], where: str = "config") -> TrainConfig:
-    """A checked :class:`TrainConfig` from ``field -> value`` (missing fields take defaults)."""
-    unknown = [k for k in values if k not in _FIELDS]
+    """A checked :class:`TrainConfig` from flat ``key -> value`` (missing settings take defaults)."""
+    values = {KEY_ALIASES.get(k, k): v for k, v in values.items()}
+    unknown = [k for k in values if k not in _PATHS]
     if unknown:
         raise UserError(f"{where}: unknown setting {unknown[0]!r}")
-    config = TrainConfig(**{k: coerce(k, v, where) for k, v in values.items()})
+    config = TrainConfig.from_flat(**{k: coerce(k, v, where) for k, v in values.items()})
     validate(config)
     return config
 
@@ -315,4 +420,5 @@ def layer_of(c: TrainConfig) -> int:
 
 
 def config_dict(c: TrainConfig) -> dict[str, Any]:
-    return dataclasses.asdict(c)
+    """The flat record (``key -> value``) saved as ``train_config.json`` and in every checkpoint."""
+    return {k: getattr(getattr(c, s), leaf) for k, (s, leaf) in _PATHS.items()}

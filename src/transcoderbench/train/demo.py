@@ -1,4 +1,4 @@
-"""The demo's settings (``transcoderbench demo``, run by ``cli/demo.py``): the whole loop (train -> evaluate -> compare) offline, in minutes on a CPU.
+"""The demo's settings (``transcoderbench demo``, run by ``cli/demo.py``): the whole loop (train -> evaluate -> compare) offline, on a CPU.
 
 On the built-in SmolLM2-135M at layer 10 (a middle layer), a Matryoshka transcoder and a plain
 BatchTopK transcoder of the same width and k are trained side by side on the same activations
@@ -11,11 +11,7 @@ the corpus ``transcoderbench evaluate`` reads by default, so re-running ``evalua
 checkpoint reproduces the demo's numbers. The training text fits in the buffer, so the language
 model reads it once and the three epochs only reshuffle it.
 
-Measured on a 2-core CPU with an empty cache (`time transcoderbench demo`): 4 min 10 s in all
-(16 s converting the built-in model, 41 s training of which 23 s in the language model, 174 s
-for 16 evaluation batches with the spliced loss, 14 s absorption); held-out FVU 0.268
-(Matryoshka) and 0.256 (BatchTopK), inference L0 32.8 and 32.2 for k = 32. With
-``--no-downstream --no-absorption`` the evaluation takes seconds.
+Timings and the numbers it reaches: ``docs/training.md`` (re-measure with ``time transcoderbench demo``).
 """
 
 from __future__ import annotations
@@ -60,11 +56,13 @@ def demo_configs(output_dir: Path, progress: bool = True, **overrides: object) -
     """The two runs of the demo, by name."""
     shared = {**SHARED, **overrides, "progress": progress}
     return {
-        "matryoshka": TrainConfig(
+        "matryoshka": TrainConfig.from_flat(
             **shared,
             architecture="matryoshka",
             group_sizes=MATRYOSHKA_GROUPS,
             output_dir=str(output_dir / "matryoshka"),
         ),
-        "batchtopk": TrainConfig(**shared, architecture="batchtopk", output_dir=str(output_dir / "batchtopk")),
+        "batchtopk": TrainConfig.from_flat(
+            **shared, architecture="batchtopk", output_dir=str(output_dir / "batchtopk")
+        ),
     }

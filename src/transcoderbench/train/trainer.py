@@ -1,50 +1,14 @@
 """Training: one transcoder's step (:class:`TranscoderTrainer`) and the one training loop (:func:`train`).
 
-A step, as the best public implementations do it (Bussmann et al.'s BatchTopK and Matryoshka
-code, EleutherAI's sparsify):
-
-1. ``pre = x @ W_enc + b_enc``; the active latents are the top ``k * N`` of ``relu(pre)`` over
-   the whole batch (BatchTopK; TopK: each token's own top ``k``), kept sparse.
-2. Reconstruction loss: the fraction of variance unexplained (FVU) of every nested prefix,
-   *averaged* over the prefixes. Averaging rather than summing keeps the loss on the scale of
-   one FVU whatever the number of groups, so the learning rate and ``aux_penalty`` mean the
-   same thing for Matryoshka and plain BatchTopK (with Adam a constant factor on the whole
-   loss would change nothing else). Equal weights, as Bussmann et al. use: every prefix must
-   reconstruct on its own, which is what makes the early latents general.
-3. Auxiliary loss (``aux_penalty`` x): dead latents' top ``top_k_aux`` pre-activations predict
-   the residual ``y - y_hat``; see :func:`objective.aux_loss`.
-4. Adam with warmup and decay; before the update the gradient component parallel to each
-   decoder row is removed, after it every decoder row is renormalised to unit norm.
-5. Bookkeeping: tokens since each latent last fired (dead latents), and for BatchTopK the
-   inference threshold.
-
-Inference threshold: at inference a BatchTopK transcoder keeps ``relu(pre) > threshold``. Each
-step the smallest activation BatchTopK kept is the batch's ``(k N)``-th largest value, so a
-threshold at that value gives ``k`` active latents per token on average *on that batch*. During
-training a moving average of it (Bussmann et al.'s estimator, over the last ~5% of the steps) is
-logged with the inference L0 it gives. The *saved* threshold is calibrated on the final weights
-instead: over the last ``CALIBRATION_TOKENS`` training tokens it is the value that keeps exactly
-``k`` latents per token on average, i.e. what BatchTopK would keep on one batch that large. A
-moving average lags behind weights that are still changing (a short run remembers its first
-batches); the calibration does not. Both are saved in ``info["training"]``.
-
-Scale: inputs and targets are multiplied by constants measured on the first buffer (``E ||x||^2
-= d_in``; centred targets of unit variance per dimension), so the learning rate and the
-initialisation mean the same at every site of every model. The constants are folded into the
-saved weights, which read raw activations.
-
-Initialisation: decoder rows are random unit vectors; the encoder is the decoder transposed when
-``d_in == d_out`` (Gao et al.); otherwise its columns are independent random unit vectors (a
-transcoder's input and output spaces differ, so a transposed decoder would mean nothing there;
-unit columns give pre-activations of the same size as in the square case). ``b_enc = 0``;
-``b_dec`` is the mean target of the first buffer.
+How a step works, the scales, the initialisation and the inference threshold: ``docs/training.md``.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -54,26 +18,32 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
+from transcoderbench import distributed
 from transcoderbench.data import resolve_text_source
 from transcoderbench.errors import UserError
 from transcoderbench.formats import save_native
+from transcoderbench.io import directory_lock
 from transcoderbench.lm import LanguageModel, load_language_model, resolve_site, site_widths
 from transcoderbench.progress import progress_bar
 from transcoderbench.train import state as resume_state
 from transcoderbench.train.buffer import ActivationBuffer
 from transcoderbench.train.config import (
     DATA_FIELDS,
+    FLAT_KEYS,
     RESUME_MUTABLE,
     TrainConfig,
     config_dict,
     default_sites,
+    flag_of,
     group_sizes,
     layer_of,
     make_config,
 )
 from transcoderbench.train.objective import (
+    Selection,
     aux_loss,
     prefix_losses,
     select_batch_topk,
@@ -100,6 +70,22 @@ SEARCH_MARGIN = 0.8
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "train_config.json"
 CHECKPOINTS_DIR = "checkpoints"
+#: Written into every run folder this tool creates; --overwrite clears only folders that hold it.
+RUN_MARKER = ".transcoderbench-run"
+#: What a run folder may hold; --overwrite deletes these and refuses a folder holding anything else.
+OWNED_NAMES = frozenset(
+    {
+        RUN_MARKER,
+        CONFIG_FILE,
+        METRICS_FILE,
+        CHECKPOINTS_DIR,
+        "config.json",
+        "model.safetensors",
+        ".final-staging",
+        resume_state.RESUME_DIR,
+        resume_state.OLD_DIR,
+    }
+)
 _ADAM_KEYS = ("exp_avg", "exp_avg_sq", "step")
 
 
@@ -160,12 +146,24 @@ class TranscoderTrainer:
         """
         self.input_scale = float(math.sqrt(x.shape[1] / x.pow(2).sum(dim=1).mean().clamp_min(1e-30)))
         centred = y - y.mean(dim=0)
+        if not float(centred.pow(2).sum(dim=1).mean()) > 1e-10 * float(y.pow(2).sum(dim=1).mean()):
+            raise Diverged(
+                f"the target {self.output_site} is constant over the first {y.shape[0]:,} training tokens, so there "
+                "is nothing to learn (its fraction of variance unexplained is undefined); choose another "
+                "--output_site or --layer"
+            )
         self.target_scale = float(math.sqrt(y.shape[1] / centred.pow(2).sum(dim=1).mean().clamp_min(1e-30)))
         with torch.no_grad():
             self.params["b_dec"].copy_(y.mean(dim=0) * self.target_scale)
 
-    def step(self, x: Tensor, y: Tensor, lr: float) -> dict[str, Any]:
-        """One optimisation step on raw ``x [N, d_in]``, ``y [N, d_out]``; returns the step's metrics."""
+    def step(self, x: Tensor, y: Tensor, lr: float, shard: tuple[int, int] | None = None) -> dict[str, Any]:
+        """One optimisation step on raw ``x [N, d_in]``, ``y [N, d_out]``; returns the step's metrics.
+
+        ``shard`` (data-parallel under torchrun): this rank's rows ``[lo, hi)`` of the global batch.
+        The selection, the dead-latent counters and the loss denominator use the whole batch (every
+        rank holds it), the decoding and the backward pass only this rank's rows; the gradients,
+        summed over ranks, are the one-process gradients.
+        """
         c, p = self.config, self.params
         x, y = x * self.input_scale, y * self.target_scale
         with torch.no_grad():
@@ -174,8 +172,11 @@ class TranscoderTrainer:
             sel = select_batch_topk(pre, c.top_k, None if self.last_kept is None else SEARCH_MARGIN * self.last_kept)
         else:
             sel = select_topk(pre, c.top_k)
-        sel = with_encoder_grad(sel, x, p["W_enc"], p["b_enc"])
         denominator = total_variance(y)
+        full_sel, full_pre, (lo, hi) = sel, pre, shard or (0, x.shape[0])
+        if shard is not None:
+            sel, x, y, pre = _rows(sel, lo, hi), x[lo:hi], y[lo:hi], pre[lo:hi]
+        sel = with_encoder_grad(sel, x, p["W_enc"], p["b_enc"])
         fvus, residual = prefix_losses(sel, y, p["W_dec"], p["b_dec"], self.prefix_ends, denominator)
         loss = torch.stack(fvus).mean()
         dead = self.tokens_since_fired >= c.dead_window
@@ -184,18 +185,30 @@ class TranscoderTrainer:
             aux = aux_loss(pre, dead, residual, x, p["W_enc"], p["b_enc"], p["W_dec"], c.top_k_aux, denominator)
         if aux is not None:
             loss = loss + c.aux_penalty * aux
+        parts = torch.stack([loss.detach(), *(f.detach() for f in fvus), (aux if aux is not None else loss).detach()])
+        if shard is not None:
+            dist.all_reduce(parts)  # the whole batch's losses: every rank sees the same, and stops together
+        loss_value = float(parts[0])
+        if not math.isfinite(loss_value):  # before any update: the weights stay the last finite ones
+            raise Diverged(f"the loss is {loss_value}")
 
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if shard is not None:
+            for v in p.values():
+                if v.grad is None:
+                    v.grad = torch.zeros_like(v)
+                dist.all_reduce(v.grad)
+        sel, n = full_sel, full_sel.n_tokens
         with torch.no_grad():
-            W_dec = p["W_dec"]
-            W_dec.grad -= (W_dec.grad * W_dec).sum(dim=1, keepdim=True) * W_dec  # keep rows on the unit sphere
+            W_dec, grad = p["W_dec"], p["W_dec"].grad
+            assert grad is not None  # every parameter gets a gradient (sparse decode, encoder entries, biases)
+            grad -= (grad * W_dec).sum(dim=1, keepdim=True) * W_dec  # keep rows on the unit sphere
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self.optimizer.step()
             W_dec.copy_(unit_rows(W_dec))
 
-            n = x.shape[0]
             self.tokens_since_fired += n
             self.tokens_since_fired[torch.bincount(sel.latents, minlength=c.dict_size) > 0] = 0
             if self.batch_topk and sel.values.numel():
@@ -206,19 +219,19 @@ class TranscoderTrainer:
                     else (self.threshold_beta * self.threshold + (1 - self.threshold_beta) * self.last_kept)
                 )
             self.steps_done += 1
-            out = {
-                "loss": float(loss),
-                "fvu": float(fvus[-1]),
-                "aux_loss": None if aux is None else float(aux),
+            out: dict[str, Any] = {
+                "loss": loss_value,
+                "fvu": float(parts[len(fvus)]),
+                "aux_loss": None if aux is None else float(parts[-1]),
                 "l0": sel.latents.numel() / n,
                 "dead_fraction": float(dead.float().mean()),
                 "lr": lr,
             }
             if len(fvus) > 1:
-                out["prefix_fvu"] = [float(f) for f in fvus]
+                out["prefix_fvu"] = [float(f) for f in parts[1 : 1 + len(fvus)]]
             if self.batch_topk and self.threshold is not None:
                 out["threshold"] = self.threshold / self.target_scale
-                out["l0_inference"] = float((pre > self.threshold).sum()) / n
+                out["l0_inference"] = float((full_pre > self.threshold).sum()) / n
         return out
 
     # ------------------------------------------------------------------ outputs
@@ -305,6 +318,16 @@ class TranscoderTrainer:
         self.input_scale, self.target_scale = float(meta["input_scale"]), float(meta["target_scale"])
 
 
+def _rows(sel: Selection, lo: int, hi: int) -> Selection:
+    """The entries of rows ``[lo, hi)`` of a selection (sorted by token), renumbered from 0."""
+    a, b = (int(i) for i in torch.searchsorted(sel.tokens, torch.tensor([lo, hi], device=sel.tokens.device)))
+    return Selection(sel.tokens[a:b] - lo, sel.latents[a:b], sel.values[a:b], hi - lo)
+
+
+class Diverged(UserError):
+    """A non-finite loss or weight: the settings (learning rate, data) make training blow up."""
+
+
 def unit_rows(w: Tensor) -> Tensor:
     return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
@@ -367,10 +390,23 @@ def train(
     Configs trained together must agree on every setting in ``DATA_FIELDS``. With ``resume`` each
     run continues from the resume state in its ``output_dir``; ``overwrite`` replaces earlier runs.
     """
-    say = log or (lambda msg: print(msg, file=sys.stderr))
-    run = _Run.open(configs, names, resume=resume, overwrite=overwrite, lm=lm, say=say)
+    config_list = [configs] if isinstance(configs, TrainConfig) else list(configs)
+    distributed.init_from_env()  # torchrun: join the group
+    rank0 = distributed.is_rank0()
+    say = (log or (lambda msg: print(msg, file=sys.stderr))) if rank0 else (lambda msg: None)
+    with contextlib.ExitStack() as locks:
+        for c in config_list if rank0 else []:  # only rank 0 writes
+            locks.enter_context(directory_lock(c.output_dir, what="run folder"))
+        run = _Run.open(configs, names, resume=resume, overwrite=overwrite, lm=lm, say=say)
+        return _loop(run)
+
+
+def _loop(run: _Run) -> list[TrainResult]:
+    """Train every transcoder of ``run`` to the end, logging and checkpointing on the way."""
     c0, total = run.configs[0], run.total_steps
-    bar = progress_bar(total=total, initial=run.start_step, desc="training", unit="step", disable=not c0.progress)
+    bar = progress_bar(
+        total=total, initial=run.start_step, desc="training", unit="step", disable=not (c0.progress and run.rank0)
+    )
     last: dict[str, dict[str, Any]] = {}
     try:
         for step in range(run.start_step, total):
@@ -382,7 +418,10 @@ def train(
                 lr = lr_at(
                     step, lr=c.lr, min_lr=c.min_lr, warmup_steps=c.warmup_steps, total_steps=total, decay=c.decay
                 )
-                last[t.name] = t.step(x, y, lr)
+                try:
+                    last[t.name] = t.step(x, y, lr, run.shard)
+                except Diverged as exc:
+                    raise run.diverged(t, step + 1, str(exc)) from None
             _sync(run.device)
             run.timing["transcoder_seconds"] += time.perf_counter() - started
             done = step + 1
@@ -412,6 +451,9 @@ class _Run:
     ) -> None:
         self.configs, self.names, self.lm, self.say = configs, names, lm, say
         c0 = configs[0]
+        self.rank0, self.world_size = distributed.is_rank0(), distributed.world_size()
+        rows = c0.batch_size // self.world_size
+        self.shard = (distributed.rank() * rows, (distributed.rank() + 1) * rows) if self.world_size > 1 else None
         self.dirs = [Path(c.output_dir) for c in configs]
         self.device = lm.device
         self.in_name, self.out_name = default_sites(c0)
@@ -438,7 +480,7 @@ class _Run:
             d_in=d_in,
             d_out=d_out,
             tokens_to_serve=self.total_steps * c0.batch_size,
-            show_progress=c0.progress,
+            show_progress=c0.progress and self.rank0,
             log=say,
             max_batches=math.ceil(c0.dataset_tokens / (c0.lm_batch_size * c0.seq_len)) if c0.dataset_tokens else None,
         )
@@ -455,6 +497,8 @@ class _Run:
         self._seconds_before = 0.0  # wall time before a resume
         self.writers: list[_MetricsWriter] = []
         self.wandb_run: Any = None
+        self.last_checkpoint = 0
+        """The step of the newest checkpoint on disk (0: none yet)."""
 
     @classmethod
     def open(
@@ -474,29 +518,41 @@ class _Run:
         dirs = [Path(c.output_dir) for c in configs]
         if len({str(d.resolve()) for d in dirs}) != len(dirs):
             raise UserError("transcoders trained side by side need different output directories")
+        world = distributed.world_size()
+        if configs[0].batch_size % world:
+            raise UserError(f"--batch_tokens {configs[0].batch_size}: must be a multiple of the {world} processes")
         saved = []
         for c, d in zip(configs, dirs):
             if resume:
+                if distributed.is_rank0():
+                    resume_state.recover(d)  # a save interrupted by a crash (rank 0 holds the folder's lock)
+                distributed.barrier()
                 meta, tensors = resume_state.load_state(d)
                 check_resume_config(meta["config"], c, d)
                 saved.append((meta, tensors))
             else:
-                _prepare_output_dir(d, overwrite)
+                _check_output_dir(d, overwrite)
         c0 = configs[0]
         if any(c.wandb for c in configs):
             _import_wandb()
         if lm is None:
-            say(f"loading language model {c0.model} ...")
-            lm = load_language_model(c0.model, device=c0.device, dtype=c0.dtype, trust_remote_code=c0.trust_remote_code)
+            say(f"loading language model {c0.model.name} ...")
+            lm = load_language_model(
+                c0.model.name,
+                device=distributed.rank_device(c0.device),
+                dtype=c0.dtype,
+                trust_remote_code=c0.trust_remote_code,
+            )
         run = cls(configs, names, lm, say)
         if resume:
             run._resume(saved)
         else:
             run._start()
         run.writers = [
-            _MetricsWriter(d / METRICS_FILE, keep_until=run.start_step if resume else None) for d in run.dirs
+            _MetricsWriter(d / METRICS_FILE, keep_until=run.start_step if resume else None)
+            for d in (run.dirs if run.rank0 else [])
         ]
-        if any(c.wandb for c in configs):
+        if any(c.wandb for c in configs) and run.rank0:
             run.wandb_run = _import_wandb().init(
                 project=c0.wandb_project,
                 name="+".join(names),
@@ -511,13 +567,16 @@ class _Run:
             f"{self.in_name} -> {self.out_name} of {self.lm.name}, {self.total_steps:,} steps of "
             f"{c0.batch_size:,} tokens"
         )
-        self.buffer.start()
+        self.buffer.start()  # the model, the sites and the data have all worked before anything is deleted
         x0, y0 = self.buffer.first_rows()
         for t in self.trainers:
             t.init_from_data(x0, y0)
-        for c, d in zip(self.configs, self.dirs):
+        for c, d in zip(self.configs, self.dirs) if self.rank0 else []:
+            _clear_run_dir(d)
             d.mkdir(parents=True, exist_ok=True)
+            (d / RUN_MARKER).write_text("a transcoderbench training run (--overwrite may replace it)\n")
             (d / CONFIG_FILE).write_text(json.dumps(config_dict(c), indent=2) + "\n", encoding="utf-8")
+        distributed.barrier()
 
     def _resume(self, saved: list[tuple[dict[str, Any], dict[str, Tensor]]]) -> None:
         meta0, tensors0 = saved[0]
@@ -527,6 +586,7 @@ class _Run:
                 f"--resume: the run in {self.dirs[0]} already finished ({self.start_step} of {self.total_steps} steps)"
             )
         self.say(f"resuming from step {self.start_step} of {self.total_steps}")
+        self.last_checkpoint = self.start_step
         self.buffer.load_state(meta0["buffer"], tensors0)
         self.recent.load_state(meta0["recent"], tensors0)
         for t, (meta, tensors) in zip(self.trainers, saved):
@@ -548,6 +608,7 @@ class _Run:
                     "tokens": step * batch,
                     **last[t.name],
                     "epoch": self.buffer.epoch + 1,
+                    "world_size": self.world_size,
                     **{k: round(v, 3) for k, v in self.timing.items()},
                 }
             )
@@ -558,8 +619,11 @@ class _Run:
 
     def info(self, t: TranscoderTrainer, step: int, last: dict[str, Any]) -> dict[str, Any]:
         """``transcoder.info`` for a checkpoint: the model and layer ``evaluate`` needs, and the training record."""
+        given = t.config.model.name
+        local = Path(given).expanduser()
         return {
-            "model_name": self.lm.name,
+            "model_name": os.path.abspath(local) if local.exists() else self.lm.name,  # evaluates from any cwd
+            "model_given": given,
             "layer": layer_of(t.config),
             "training": {
                 **config_dict(t.config),
@@ -567,6 +631,7 @@ class _Run:
                 "steps": step,
                 "total_steps": self.total_steps,
                 "tokens_trained": step * t.config.batch_size,
+                "world_size": self.world_size,
                 "last_step_metrics": last,
                 "timing": dict(self.timing),
                 "buffer": {
@@ -583,13 +648,20 @@ class _Run:
         self._clock()
         buf_meta, buf_tensors = ({}, {}) if final else self.buffer.state()
         recent_meta, recent_tensors = self.recent.state()
+        for t in self.trainers:
+            if not all(bool(torch.isfinite(p).all()) for p in t.params.values()):
+                raise self.diverged(t, step, "a weight is not finite")
+        spread = [_rank_spread(t) for t in self.trainers] if self.world_size > 1 else None
         saved = []
         for t, c, d in zip(self.trainers, self.configs, self.dirs):
-            tc = t.final_transcoder(self.info(t, step, last.get(t.name, {})), self.recent.rows())
-            if final:
+            info = self.info(t, step, last.get(t.name, {}))
+            if spread is not None:  # 0.0: every rank holds the same weights (checked, not assumed)
+                info["training"]["max_weight_difference_between_ranks"] = spread[self.trainers.index(t)]
+            tc = t.final_transcoder(info, self.recent.rows())
+            if final and self.rank0:
                 _save_top_level(tc, d)
-                shutil.rmtree(resume_state.resume_dir(d), ignore_errors=True)
-            else:
+                resume_state.remove_state(d)
+            elif self.rank0:
                 save_native(tc, d / CHECKPOINTS_DIR / f"step_{step:07d}")
                 t_meta, t_tensors = t.state()
                 meta = {
@@ -600,11 +672,28 @@ class _Run:
                     "recent": recent_meta,
                     "trainer": t_meta,
                     "timing": dict(self.timing),
+                    "world_size": self.world_size,
                 }
                 tensors = {**buf_tensors, **recent_tensors, **{f"trainer.{k}": v for k, v in t_tensors.items()}}
                 resume_state.save_state(d, meta, tensors)
             saved.append(tc)
+        distributed.barrier()
+        self.last_checkpoint = step
         return saved
+
+    def diverged(self, t: TranscoderTrainer, step: int, what: str) -> Diverged:
+        """The one-line error for a run that blew up, naming what to change and what was kept."""
+        d = self.dirs[self.trainers.index(t)]
+        kept = (
+            f"the last good checkpoint (step {self.last_checkpoint}) is kept in {d / CHECKPOINTS_DIR} and "
+            f"{resume_state.resume_dir(d)}"
+            if self.last_checkpoint
+            else "no checkpoint had been saved yet"
+        )
+        return Diverged(
+            f"training {t.name} diverged at step {step}: {what}. Lower --lr (now {t.config.lr:g}) or check that "
+            f"{self.out_name} varies from token to token (a constant target cannot be learned); {kept}"
+        )
 
     def close(self) -> None:
         for w in self.writers:
@@ -614,6 +703,17 @@ class _Run:
 
 
 # ============================================================================ helpers
+def _rank_spread(t: TranscoderTrainer) -> float:
+    """The largest difference between any rank's weights and rank 0's (collective: every rank calls it)."""
+    worst = torch.zeros((), device=t.params["W_dec"].device)
+    for v in t.params.values():
+        ref = v.detach().clone()
+        dist.broadcast(ref, 0)
+        worst = torch.maximum(worst, (v.detach() - ref).abs().max())
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+    return float(worst)
+
+
 def _postfix(name: str, m: dict[str, Any]) -> str:
     l0 = f"L0 {m['l0']:.0f}" + (f"/{m['l0_inference']:.0f}" if "l0_inference" in m else "")
     return f"{name}: loss {m['loss']:.3f} fvu {m['fvu']:.3f} {l0} dead {100 * m['dead_fraction']:.1f}%"
@@ -627,45 +727,78 @@ def _sync(device: torch.device) -> None:
 def _check_together(configs: list[TrainConfig]) -> None:
     if not configs:
         raise ValueError("train needs at least one config")
+    first = config_dict(configs[0])
     for c in configs[1:]:
+        values = config_dict(c)
         for name in DATA_FIELDS:
-            if getattr(c, name) != getattr(configs[0], name):
+            if values[name] != first[name]:
                 raise UserError(
-                    f"transcoders trained side by side must share {name} "
-                    f"({getattr(configs[0], name)!r} vs {getattr(c, name)!r})"
+                    f"transcoders trained side by side must share {name} ({first[name]!r} vs {values[name]!r})"
                 )
 
 
 def check_resume_config(saved: dict[str, Any], given: TrainConfig, directory: Path) -> None:
     """A resumed run must compute what the interrupted one would have: only the settings in
     ``RESUME_MUTABLE`` (where and how it reports) may change."""
-    saved_config = make_config(saved, f"{directory}/resume/state.json")
-    for f in dataclasses.fields(TrainConfig):
-        if f.name not in RESUME_MUTABLE and getattr(saved_config, f.name) != getattr(given, f.name):
+    was = config_dict(make_config(saved, f"{directory}/resume/state.json"))
+    now = config_dict(given)
+    for key in FLAT_KEYS:
+        if key not in RESUME_MUTABLE and was[key] != now[key]:
             raise UserError(
-                f"--{f.name}: the run in {directory} was started with {getattr(saved_config, f.name)!r}, "
-                f"not {getattr(given, f.name)!r}; --resume continues a run with its saved settings"
+                f"{flag_of(key)}: the run in {directory} was started with {was[key]!r}, "
+                f"not {now[key]!r}; --resume continues a run with its saved settings"
             )
 
 
 def _is_run_dir(d: Path) -> bool:
-    return (d / CONFIG_FILE).is_file() or (d / METRICS_FILE).is_file()
+    return (d / RUN_MARKER).is_file() or (d / CONFIG_FILE).is_file() or (d / METRICS_FILE).is_file()
 
 
-def _prepare_output_dir(d: Path, overwrite: bool) -> None:
+def _owned(name: str) -> bool:
+    """Whether a run folder entry is one this tool writes (and so may delete on --overwrite)."""
+    return name in OWNED_NAMES or name.startswith(resume_state.TMP_PREFIX)
+
+
+def _check_output_dir(d: Path, overwrite: bool) -> None:
+    """Refuse a folder a fresh run may not use; with --overwrite, one whose files are not all ours.
+    Deletes nothing: :func:`_clear_run_dir` does, once the model and data have worked."""
     if d.exists() and not d.is_dir():
         raise UserError(f"--output_dir {d}: exists and is a file; choose a directory")
-    if d.is_dir() and any(d.iterdir()):
-        if not _is_run_dir(d):
-            raise UserError(
-                f"--output_dir {d}: exists and does not hold a training run; choose a new or empty directory"
-            )
-        if not overwrite:
-            raise UserError(
-                f"--output_dir {d}: already holds a training run; pass --resume to continue it or "
-                "--overwrite to start again"
-            )
-        shutil.rmtree(d)
+    if not d.is_dir() or not any(d.iterdir()):
+        return
+    if not _is_run_dir(d):
+        raise UserError(f"--output_dir {d}: exists and does not hold a training run; choose a new or empty directory")
+    if not overwrite:
+        raise UserError(
+            f"--output_dir {d}: already holds a training run; pass --resume to continue it or "
+            "--overwrite to start again"
+        )
+    if str(d) in ("", ".") or d.resolve() == Path.cwd().resolve():
+        raise UserError(f"--output_dir {d}: --overwrite never clears the current directory; give the run's folder")
+    if not (d / RUN_MARKER).is_file():
+        raise UserError(
+            f"--output_dir {d}: --overwrite replaces only folders this tool marked as runs ({RUN_MARKER}); "
+            "delete it yourself or choose another directory"
+        )
+    foreign = sorted(p.name for p in d.iterdir() if not _owned(p.name))
+    if foreign:
+        raise UserError(
+            f"--output_dir {d}: --overwrite deletes only files this tool wrote, and the folder also holds "
+            f"{foreign[0]!r}" + (f" and {len(foreign) - 1} more" if len(foreign) > 1 else "") + "; move them away "
+            "or choose another directory"
+        )
+
+
+def _clear_run_dir(d: Path) -> None:
+    """Delete what an earlier run wrote in ``d`` (only entries :func:`_check_output_dir` let through)."""
+    if not d.is_dir():
+        return
+    for p in d.iterdir():
+        if _owned(p.name):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
 
 
 def _save_top_level(tc: Transcoder, d: Path) -> None:
