@@ -81,6 +81,7 @@ def _dense_reference(tc: Transcoder, f: Tensor, x: Tensor) -> Tensor:
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@torch.no_grad()
 def test_sparse_decode_equals_dense(kind: str) -> None:
     tc = _make(kind)
     x = torch.randn(200, D_IN, generator=torch.Generator().manual_seed(1)) * 2.0

@@ -129,7 +129,7 @@ class Transcoder(nn.Module):
         """
         ends = self.prefix_ends if prefix_ends is None else check_prefix_ends(prefix_ends, self.d_sae)
         n = f.shape[0]
-        if active is None and f.numel() and _sparse_enough(f):
+        if active is None and f.numel() and sparse_enough(f):
             active = active_latents(f)
         if active is not None and active.rows.numel() <= SPARSE_DECODE_MAX_DENSITY * f.numel():
             y = sparse_prefix_decode(active, self.W_dec, ends, n) + self.b_dec
@@ -209,7 +209,8 @@ def active_latents(f: Tensor) -> ActiveLatents:
     return ActiveLatents(rows=rows, cols=cols, values=f[rows, cols])
 
 
-def _sparse_enough(f: Tensor) -> bool:
+def sparse_enough(f: Tensor) -> bool:
+    """Whether the gathered decode pays: at most ``SPARSE_DECODE_MAX_DENSITY`` of ``f`` is nonzero."""
     return int(torch.count_nonzero(f)) <= SPARSE_DECODE_MAX_DENSITY * f.numel()
 
 
