@@ -229,11 +229,14 @@ def main() -> None:
     parser.add_argument("--seq_len", type=int, default=128)
     parser.add_argument("--l0", type=int, default=64, help="about this many latents fire per token")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 is steadier on a loaded machine)")
     parser.add_argument("--no_spliced", action="store_true", help="skip the spliced comparison (slow on CPU)")
     parser.add_argument("--split", action="store_true", help="also time every stage of one pass")
     parser.add_argument("--rss", action="store_true", help="peak RSS at 100 vs 1000 batches instead")
     parser.add_argument("--rss_child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.rss_child:
         return rss_child(args)
     if args.rss:
