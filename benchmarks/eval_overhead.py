@@ -44,6 +44,9 @@ from transcoderbench.metrics.bootstrap import attach_uncertainty
 from transcoderbench.transcoders import JumpReLUTranscoder, MatryoshkaTranscoder, Transcoder
 
 
+clock = time.perf_counter  # --cpu_time: time.process_time (steadier when other jobs load the machine)
+
+
 def make_transcoders(lm: LanguageModel, layer: int, calib: TokenBatch, l0: int) -> dict[str, Transcoder]:
     """Matryoshka (5 groups) and JumpReLU, 8 x d_model latents, thresholds giving about ``l0`` active latents."""
     d, width = lm.d_model, 8 * lm.d_model
@@ -86,28 +89,28 @@ def sparse_decode_floor(tc: Transcoder, f: Tensor) -> Tensor:
 
 def timed_floor_recon(lm, tcs, batches) -> tuple[float, dict[str, float]]:
     split: dict[str, float] = defaultdict(float)
-    start = time.perf_counter()
+    start = clock()
     with torch.no_grad():
         sites = [
             resolve_site(lm, s)
             for s in dict.fromkeys(s for tc in tcs.values() for s in (tc.input_site, tc.output_site))
         ]
         for tb in batches:
-            t0 = time.perf_counter()
+            t0 = clock()
             got = capture(lm, tb.input_ids, tb.attention_mask, sites, stop_early=True)
             keep = tb.keep.reshape(-1)
             flat = {k: v.reshape(-1, v.shape[-1])[keep].float() for k, v in got.items()}
-            t1 = time.perf_counter()
+            t1 = clock()
             split["forward"] += t1 - t0
             for tc in tcs.values():
                 f = tc.encode(flat[resolve_site(lm, tc.input_site).name])
-                t2 = time.perf_counter()
+                t2 = clock()
                 sparse_decode_floor(tc, f)
-                t3 = time.perf_counter()
+                t3 = clock()
                 split["encode"] += t2 - t1
                 split["decode"] += t3 - t2
                 t1 = t3
-    return time.perf_counter() - start, split
+    return clock() - start, split
 
 
 def timed_floor_spliced(lm, tcs, batches, layer: int) -> float:
@@ -121,7 +124,7 @@ def timed_floor_spliced(lm, tcs, batches, layer: int) -> float:
             ids, mask = tb.input_ids, tb.attention_mask
             clean = clean_forward(lm, ids, mask, [in_site], {layer}, head)  # untimed: the later blocks' arguments
             x = clean.sites[in_site.name].reshape(-1, lm.d_model)[tb.keep.reshape(-1)].float()
-            t0 = time.perf_counter()
+            t0 = clock()
             lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
             for tc in tcs.values():
                 sparse_decode_floor(tc, tc.encode(x))
@@ -131,7 +134,7 @@ def timed_floor_spliced(lm, tcs, batches, layer: int) -> float:
                     args, kwargs = clean.block_calls[later]
                     h = output_tensor(lm.layers[later](h, *args, **kwargs))
                 head(h)
-            total += time.perf_counter() - t0
+            total += clock() - t0
     return total
 
 
@@ -139,10 +142,10 @@ def timed_ours(lm, tcs, batches, spliced: bool) -> float:
     n_seq = len(batches) * batches[0].input_ids.shape[0]
     runs = prepare_runs(lm, tcs, n_sequences=n_seq)
     plan = plan_downstream(lm, runs, batches[:1], n_sequences=n_seq) if spliced else None
-    start = time.perf_counter()
+    start = clock()
     run_pass(lm, runs, batches, splice=plan, show_progress=False)
     attach_uncertainty({r.name: r.accumulators for r in runs}, {r.name: r.results() for r in runs})
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def timed_split(lm, tcs, batches) -> dict[str, float]:
@@ -155,32 +158,32 @@ def timed_split(lm, tcs, batches) -> dict[str, float]:
     split: dict[str, float] = defaultdict(float)
     with torch.no_grad():
         for tb in batches:
-            t0 = time.perf_counter()
+            t0 = clock()
             got = capture(lm, tb.input_ids, tb.attention_mask, sites, stop_early=True)
             keep = tb.keep.reshape(-1)
             seq_ids = tb.seq_index.repeat_interleave(tb.input_ids.shape[1])[keep]
             flat = {k: v.reshape(-1, v.shape[-1])[keep] for k, v in got.items()}
-            t1 = time.perf_counter()
+            t1 = clock()
             split["forward"] += t1 - t0
             for run in runs:
                 tc = run.transcoder
                 x = flat[run.input_site.name]
                 f = tc.encode(x)
-                t2 = time.perf_counter()
+                t2 = clock()
                 batch = TranscoderBatch(
                     x=x, y=flat[run.output_site.name], f=f, y_hat_prefixes=tc.decode_prefixes(f, x), seq_ids=seq_ids
                 )
-                t3 = time.perf_counter()
+                t3 = clock()
                 split["encode"] += t2 - t1
                 split["decode"] += t3 - t2
                 for key, acc in run.accumulators.items():
-                    t4 = time.perf_counter()
+                    t4 = clock()
                     acc.update(batch)
-                    split[f"acc:{key}"] += time.perf_counter() - t4
-                t1 = time.perf_counter()
-    t0 = time.perf_counter()
+                    split[f"acc:{key}"] += clock() - t4
+                t1 = clock()
+    t0 = clock()
     attach_uncertainty({r.name: r.accumulators for r in runs}, {r.name: r.results() for r in runs})
-    split["results+bootstrap"] = time.perf_counter() - t0
+    split["results+bootstrap"] = clock() - t0
     return split
 
 
@@ -230,6 +233,7 @@ def main() -> None:
     parser.add_argument("--l0", type=int, default=64, help="about this many latents fire per token")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 is steadier on a loaded machine)")
+    parser.add_argument("--cpu_time", action="store_true", help="time this process's CPU time, not wall time")
     parser.add_argument("--no_spliced", action="store_true", help="skip the spliced comparison (slow on CPU)")
     parser.add_argument("--split", action="store_true", help="also time every stage of one pass")
     parser.add_argument("--rss", action="store_true", help="peak RSS at 100 vs 1000 batches instead")
@@ -237,6 +241,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cpu_time:
+        global clock
+        clock = time.process_time
     if args.rss_child:
         return rss_child(args)
     if args.rss:
@@ -276,14 +283,17 @@ def main() -> None:
     print(
         f"model {args.model}, layer {args.layer}, {len(batches)} batches x {args.batch_size} x {args.seq_len} "
         f"({tokens:,} kept tokens), d_sae {8 * lm.d_model}, torch threads {torch.get_num_threads()}, "
-        f"median of {args.repeats} alternating repeats"
+        f"median of {args.repeats} alternating repeats, {'CPU' if args.cpu_time else 'wall'} time"
     )
     med = {k: statistics.median(v) for k, v in times.items()}
     for name, value in med.items():
         print(f"  {name:<14} {value:8.3f} s   (all: {', '.join(f'{t:.2f}' for t in times[name])})")
-    print(f"ratio reconstruction-only: {med['ours recon'] / med['floor recon']:.3f}x")
-    if not args.no_spliced:
-        print(f"ratio spliced:             {med['ours spliced'] / med['floor spliced']:.3f}x")
+    for kind in ("recon", "spliced") if not args.no_spliced else ("recon",):
+        pairs = [o / f for o, f in zip(times[f"ours {kind}"], times[f"floor {kind}"])]
+        print(
+            f"ratio {kind:<8} {med[f'ours {kind}'] / med[f'floor {kind}']:.3f}x (medians); per repeat "
+            f"{', '.join(f'{r:.3f}' for r in pairs)} (median {statistics.median(pairs):.3f}x)"
+        )
     floor_split = timed_floor_recon(lm, tcs, batches)[1]
     print("floor split (one pass): " + ", ".join(f"{k} {v:.3f} s" for k, v in floor_split.items()))
     if splits:
