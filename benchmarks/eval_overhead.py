@@ -43,7 +43,6 @@ from transcoderbench.metrics.base import TranscoderBatch
 from transcoderbench.metrics.bootstrap import attach_uncertainty
 from transcoderbench.transcoders import JumpReLUTranscoder, MatryoshkaTranscoder, Transcoder
 
-
 clock = time.perf_counter  # --cpu_time: time.process_time (steadier when other jobs load the machine)
 
 
