@@ -146,7 +146,7 @@ def make_transcoders(lm: LanguageModel, layer: int, width: int, l0: int, calib_i
     g = torch.Generator(device=lm.device).manual_seed(0)
     out: dict[str, Transcoder] = {}
     for (name, site), resolved in zip(specs.items(), sites):
-        x = got[resolved.name].reshape(-1, d)[:4096].float()
+        x = got[resolved.name].reshape(-1, d)[:512].float()  # torch.quantile refuses over 2^24 elements
         W_enc = torch.randn(d, width, generator=g, device=lm.device) / x.norm(dim=1).mean()
         W_dec = torch.randn(width, d, generator=g, device=lm.device) * 0.02
         zeros = torch.zeros(width, device=lm.device), torch.zeros(d, device=lm.device)
@@ -213,6 +213,7 @@ def main() -> None:
         args.device = args.device or "cpu"
         args.tokens, args.batch_size, args.seq_len = 3 * 4 * 32, 4, 32
         args.width, args.layer, args.l0, args.floor_batches = 512, 2, 16, 1
+        args.variants_per_pass = args.variants_per_pass or 4  # the stacked-variant path a GPU takes
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     n_batches = math.ceil(args.tokens / (args.batch_size * args.seq_len))
     t_build = time.perf_counter()
