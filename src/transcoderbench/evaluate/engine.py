@@ -30,7 +30,6 @@ from transcoderbench.metrics import default_accumulators
 from transcoderbench.metrics.base import TranscoderBatch
 from transcoderbench.progress import progress_bar
 from transcoderbench.transcoders import Transcoder, active_latents
-from transcoderbench.transcoders.base import sparse_enough
 
 __all__ = ["PassStats", "TranscoderRun", "deepest_layer", "evaluate_batch", "prepare_runs", "run_pass"]
 
@@ -79,7 +78,7 @@ def evaluate_batch(run: TranscoderRun, x: Tensor, y: Tensor, seq_ids: Tensor) ->
     tc = run.transcoder
     f = tc.encode(x)
     # One sparse view of the latents serves the decode (gathered decoder rows) and the sparsity sums.
-    active = active_latents(f) if sparse_enough(f) else None
+    active = active_latents(f)
     y_hat = tc.decode_prefixes(f, x, active=active)
     batch = TranscoderBatch(x=x, y=y, f=f, y_hat_prefixes=y_hat, seq_ids=seq_ids, active=active)
     for acc in run.accumulators.values():

@@ -129,8 +129,8 @@ class Transcoder(nn.Module):
         """
         ends = self.prefix_ends if prefix_ends is None else check_prefix_ends(prefix_ends, self.d_sae)
         n = f.shape[0]
-        if active is None and f.numel() and sparse_enough(f):
-            active = active_latents(f)
+        if active is None and f.numel():
+            active = active_latents(f)  # one pass; a dense f falls back to the dense decode below
         if active is not None and active.rows.numel() <= SPARSE_DECODE_MAX_DENSITY * f.numel():
             y = sparse_prefix_decode(active, self.W_dec, ends, n) + self.b_dec
         else:
@@ -207,11 +207,6 @@ def active_latents(f: Tensor) -> ActiveLatents:
     """Sparse view of latent activations (one pass over ``f``); decoders and sparsity metrics share it."""
     rows, cols = f.nonzero(as_tuple=True)
     return ActiveLatents(rows=rows, cols=cols, values=f[rows, cols])
-
-
-def sparse_enough(f: Tensor) -> bool:
-    """Whether the gathered decode pays: at most ``SPARSE_DECODE_MAX_DENSITY`` of ``f`` is nonzero."""
-    return int(torch.count_nonzero(f)) <= SPARSE_DECODE_MAX_DENSITY * f.numel()
 
 
 def sparse_prefix_decode(active: ActiveLatents, W_dec: Tensor, ends: tuple[int, ...], n: int) -> Tensor:
