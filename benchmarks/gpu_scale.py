@@ -31,6 +31,7 @@ import random
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -88,7 +89,7 @@ def random_gemma2(config: Gemma2Config, device: torch.device, dtype: torch.dtype
     one-layer, two-token shell built on CPU.
     """
     with torch.device("meta"):
-        model = Gemma2ForCausalLM(config).to(dtype)
+        model = Gemma2ForCausalLM(config).to(dtype)  # type: ignore[arg-type]
     model.to_empty(device=device)
     gen = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():
@@ -99,7 +100,7 @@ def random_gemma2(config: Gemma2Config, device: torch.device, dtype: torch.dtype
                 p.normal_(0.0, config.initializer_range, generator=gen)
         shell_config = copy.deepcopy(config)
         shell_config.num_hidden_layers, shell_config.vocab_size = 1, 2
-        shell = Gemma2ForCausalLM(shell_config).to(dtype)
+        shell = Gemma2ForCausalLM(shell_config).to(dtype)  # type: ignore[arg-type]
         shell_buffers = dict(shell.named_buffers())
         for name, buf in model.named_buffers():
             key = name if name in shell_buffers else _first_layer(name)
@@ -151,7 +152,7 @@ def make_transcoders(lm: LanguageModel, layer: int, width: int, l0: int, calib_i
         W_dec = torch.randn(width, d, generator=g, device=lm.device) * 0.02
         zeros = torch.zeros(width, device=lm.device), torch.zeros(d, device=lm.device)
         pre = x @ W_enc
-        common = {"input_site": site, "output_site": out_site}
+        common: dict[str, Any] = {"input_site": site, "output_site": out_site}
         if name == "jumprelu":
             thr = torch.quantile(pre, 1 - l0 / width, dim=0).clamp(min=0)
             out[name] = JumpReLUTranscoder(W_enc, zeros[0], W_dec, zeros[1], **common, threshold=thr)
