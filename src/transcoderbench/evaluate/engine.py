@@ -29,7 +29,7 @@ from transcoderbench.lm.splice import clean_forward
 from transcoderbench.metrics import default_accumulators
 from transcoderbench.metrics.base import TranscoderBatch
 from transcoderbench.progress import progress_bar
-from transcoderbench.transcoders import Transcoder
+from transcoderbench.transcoders import Transcoder, active_latents
 
 __all__ = ["PassStats", "TranscoderRun", "deepest_layer", "evaluate_batch", "prepare_runs", "reduce_pass", "run_pass"]
 
@@ -77,7 +77,10 @@ def evaluate_batch(run: TranscoderRun, x: Tensor, y: Tensor, seq_ids: Tensor) ->
     """Run one transcoder on kept tokens, feed its accumulators, and return what it computed."""
     tc = run.transcoder
     f = tc.encode(x)
-    batch = TranscoderBatch(x=x, y=y, f=f, y_hat_prefixes=tc.decode_prefixes(f, x), seq_ids=seq_ids)
+    # One sparse view of the latents serves the decode (gathered decoder rows) and the sparsity sums.
+    active = active_latents(f)
+    y_hat = tc.decode_prefixes(f, x, active=active)
+    batch = TranscoderBatch(x=x, y=y, f=f, y_hat_prefixes=y_hat, seq_ids=seq_ids, active=active)
     for acc in run.accumulators.values():
         acc.update(batch)
     return batch

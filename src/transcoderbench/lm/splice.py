@@ -64,11 +64,13 @@ def find_head(lm: LanguageModel) -> Head | None:
             else [Head(norm, path, unembed, None)]
         )
         ids = torch.tensor([[lm.bos_token_id, 5, 7, 11]], device=lm.device)
+        # The model soft-caps in its own dtype, the head in fp32: bf16/fp16 logits agree to a few ulps only.
+        tol = max(1e-4, 4 * torch.finfo(lm.dtype).eps) if lm.dtype.is_floating_point else 1e-4
         final = _final_hidden_probe(lm, ids, path)
         with torch.no_grad():
             reference = lm.model(input_ids=ids, use_cache=False).logits.float()
             for head in candidates:
-                if final is not None and torch.allclose(head(final), reference, rtol=1e-4, atol=1e-4):
+                if final is not None and torch.allclose(head(final), reference, rtol=tol, atol=tol):
                     return head
         return None
     return None

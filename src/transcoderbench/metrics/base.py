@@ -7,11 +7,14 @@ data-parallel ranks is an all-reduce of the same tensors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from transcoderbench.transcoders import ActiveLatents
 
 
 @dataclass
@@ -31,6 +34,10 @@ class TranscoderBatch:
     """Reconstruction from each nested prefix, ``[P, N, d_out]``; the last is the full one."""
     seq_ids: Tensor
     """Global index of the sequence each token comes from, ``[N]`` (int64)."""
+    active: ActiveLatents | None = None
+    """The nonzero entries of ``f`` (token, latent, value), if the producer already has them."""
+    cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+    """Per-batch quantities several accumulators share (see ``metrics.shared``); do not mutate inputs after use."""
 
     @property
     def y_hat(self) -> Tensor:

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from transcoderbench.metrics.base import Accumulator, TranscoderBatch
 from transcoderbench.metrics.bootstrap import BootstrapOptions, poisson_weights
+from transcoderbench.metrics.shared import latent_counts, prefix_stats, target64, target_stats
 
 
 @dataclass(frozen=True)
@@ -176,21 +177,17 @@ class SequenceStats(PerSequenceAccumulator):
     def update(self, batch: TranscoderBatch) -> None:
         if batch.n_tokens == 0:
             return
-        y = batch.y.detach().to(torch.float64)
-        fired = batch.f.detach() != 0
-        columns = [
-            torch.ones_like(y[:, 0]),
-            y.square().sum(dim=1),
-            _sq_err(y, batch.y_hat),
-            _cos(y, batch.y_hat),
-            fired.sum(dim=1).to(torch.float64),
-        ]
-        if self.prefix_ends:
-            starts = (0,) + self.prefix_ends[:-1]
-            group_l0 = torch.stack([fired[:, s:e].sum(dim=1) for s, e in zip(starts, self.prefix_ends)], dim=1)
-            prefix_l0 = group_l0.cumsum(dim=1).to(torch.float64)
-            for i in range(len(self.prefix_ends)):
-                columns += [_sq_err(y, batch.y_hat_prefixes[i]), prefix_l0[:, i]]
+        y = target64(batch)
+        full = prefix_stats(batch, -1)
+        y_norm = target_stats(batch)["y_norm"]
+        prod = y_norm * full["yh_norm"]
+        ok = prod > 0
+        cos = torch.where(ok, full["dot"] / torch.where(ok, prod, torch.ones_like(prod)), torch.zeros_like(prod))
+        ends = self.prefix_ends or (self.d_sae,)
+        l0 = latent_counts(batch, ends).to(torch.float64)
+        columns = [torch.ones_like(y[:, 0]), target_stats(batch)["y_sq"], full["err_sq"], cos, l0[:, -1]]
+        for i in range(len(self.prefix_ends)):
+            columns += [prefix_stats(batch, i)["err_sq"], l0[:, i]]
         self.add_per_sequence(batch.seq_ids, torch.stack(columns, dim=1))
         self._add_target_sums(batch.seq_ids, y)
 
@@ -242,17 +239,3 @@ class SequenceStats(PerSequenceAccumulator):
         if self.prefix_ends:
             out["per_prefix"] = [{"prefix_end": e, "l0_mean": float(full[f"l0_mean@{e}"][0])} for e in self.prefix_ends]
         return out
-
-
-def _sq_err(y: Tensor, y_hat: Tensor) -> Tensor:
-    return (y - y_hat.detach().to(device=y.device, dtype=torch.float64)).square().sum(dim=1)
-
-
-def _cos(y: Tensor, y_hat: Tensor) -> Tensor:
-    """Per-token cosine, 0 where either norm is 0 (the convention of ``Reconstruction``)."""
-    y_hat = y_hat.detach().to(device=y.device, dtype=torch.float64)
-    prod = y.norm(dim=1) * y_hat.norm(dim=1)
-    ok = prod > 0
-    return torch.where(
-        ok, (y * y_hat).sum(dim=1) / torch.where(ok, prod, torch.ones_like(prod)), torch.zeros_like(prod)
-    )

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from transcoderbench.metrics.base import Accumulator, TranscoderBatch
+from transcoderbench.metrics.shared import centred_target_sq, prefix_stats, target_stats
 
 LEGACY_EV_NOTE = (
     "explained_variance_legacy is the mean over tokens of 1 - ||y_t - y_hat_t||^2 / "
@@ -34,26 +35,26 @@ def _where_ok(ok: Tensor, num: Tensor, den: Tensor) -> Tensor:
     return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num)).sum()
 
 
-def _batch_sums(y: Tensor, y_hat: Tensor) -> dict[str, Tensor]:
-    """This batch's contribution to every state entry, computed in float64 on ``y``'s device."""
-    y = y.to(torch.float64)
-    y_hat = y_hat.to(device=y.device, dtype=torch.float64)
-    err = y - y_hat
-    err_sq = err.square().sum(dim=1)  # [N]
-    y_norm = y.norm(dim=1)
-    yh_norm = y_hat.norm(dim=1)
-    dot = (y * y_hat).sum(dim=1)
+def _batch_sums(batch: TranscoderBatch, prefix: int) -> dict[str, Tensor]:
+    """This batch's contribution to every state entry, in float64 on the data's device.
+
+    The per-token quantities come from ``metrics.shared`` (computed once per batch for every
+    accumulator and prefix that needs them).
+    """
+    t = target_stats(batch)
+    s = prefix_stats(batch, prefix)
+    y_norm, yh_norm, dot, err_sq = t["y_norm"], s["yh_norm"], s["dot"], s["err_sq"]
     norm_prod = y_norm * yh_norm
     cos_ok = norm_prod > 0
     y_ok = y_norm > 0
-    centred_sq = (y - y.mean(dim=0)).square().sum(dim=1)  # SAELens legacy: this batch's own mean
+    centred_sq = centred_target_sq(batch)  # SAELens legacy: this batch's own mean
     legacy_ok = centred_sq > 0
     return {
-        "n_tokens": torch.tensor(y.shape[0], dtype=torch.int64),
-        "sum_y": y.sum(dim=0),
-        "sum_y2": y.square().sum(dim=0),
+        "n_tokens": torch.tensor(batch.n_tokens, dtype=torch.int64),
+        "sum_y": t["sum_y"],
+        "sum_y2": t["sum_y2"],
         "sse": err_sq.sum(),
-        "sae": err.abs().sum(),
+        "sae": s["sae"],
         "sum_dot": dot.sum(),
         "sum_yhat_sq": yh_norm.square().sum(),
         "sum_cos": _where_ok(cos_ok, dot, norm_prod),
@@ -101,10 +102,10 @@ class Reconstruction(Accumulator):
             self.state[key] = torch.zeros((), dtype=torch.int64)
 
     def update(self, batch: TranscoderBatch) -> None:
-        self.update_from(batch.y, batch.y_hat_prefixes[self.prefix])
+        self._add(batch, self.prefix)
 
-    def update_from(self, y: Tensor, y_hat: Tensor) -> None:
-        """Add one batch of targets ``y [N, d_out]`` and reconstructions ``y_hat [N, d_out]``."""
+    def _add(self, batch: TranscoderBatch, prefix: int) -> None:
+        y, y_hat = batch.y, batch.y_hat_prefixes[prefix]
         if y.ndim != 2 or y.shape[1] != self.d_out or y_hat.shape != y.shape:
             raise ValueError(
                 f"expected y and y_hat of shape [N, {self.d_out}], got {tuple(y.shape)} and {tuple(y_hat.shape)}"
@@ -112,8 +113,13 @@ class Reconstruction(Accumulator):
         if y.shape[0] == 0:
             return
         # Reduce where the data lives (GPU or CPU); only the small sums move to the state.
-        for key, value in _batch_sums(y.detach(), y_hat.detach()).items():
+        for key, value in _batch_sums(batch, prefix).items():
             self.state[key] += value.to(self.state[key].device)
+
+    def update_from(self, y: Tensor, y_hat: Tensor) -> None:
+        """Add one batch of targets ``y [N, d_out]`` and reconstructions ``y_hat [N, d_out]``."""
+        empty = y.new_zeros(y.shape[0], 0)
+        self._add(TranscoderBatch(x=empty, y=y, f=empty, y_hat_prefixes=y_hat[None], seq_ids=empty.long()), 0)
 
     def result(self) -> dict[str, Any]:
         st = {k: v.item() for k, v in self.state.items() if v.ndim == 0}

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from transcoderbench.metrics.base import Accumulator, TranscoderBatch
+from transcoderbench.metrics.shared import latent_counts, latents
 
 L0_HISTOGRAM_BINS = 50
 DENSITY_BIN_WIDTH = 0.2  # in log10 units
@@ -70,7 +71,16 @@ class Sparsity(Accumulator):
         self.state["firing_counts"] = torch.zeros(self.d_sae, dtype=torch.int64)
 
     def update(self, batch: TranscoderBatch) -> None:
-        self.update_from(batch.f)
+        f = batch.f
+        if f.ndim != 2 or f.shape[1] != self.d_sae:
+            raise ValueError(f"expected latent activations of shape [N, {self.d_sae}], got {tuple(f.shape)}")
+        # From the active latents (shared with the decode and the per-sequence sums): no [N, d_sae] pass.
+        st = self.state
+        l0 = latent_counts(batch, (self.d_sae,))[:, -1]
+        st["n_tokens"] += f.shape[0]
+        st["l0_counts"] += torch.bincount(l0, minlength=self.d_sae + 1).to(st["l0_counts"].device)
+        cols = latents(batch).cols
+        st["firing_counts"] += torch.bincount(cols, minlength=self.d_sae).to(st["firing_counts"].device)
 
     def update_from(self, f: Tensor) -> None:
         """Add one batch of latent activations ``f [N, d_sae]``."""

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from transcoderbench.transcoders.base import Transcoder, check_prefix_ends, group_sizes_to_ends
+from transcoderbench.transcoders.base import (
+    ActiveLatents,
+    Transcoder,
+    active_latents,
+    check_prefix_ends,
+    group_sizes_to_ends,
+)
 from transcoderbench.transcoders.batchtopk import BatchTopKTranscoder, MatryoshkaTranscoder
 from transcoderbench.transcoders.jumprelu import JumpReLUTranscoder
 from transcoderbench.transcoders.topk import TopKTranscoder
@@ -13,10 +19,12 @@ ARCHITECTURES: dict[str, type[Transcoder]] = {
 
 __all__ = [
     "ARCHITECTURES",
+    "ActiveLatents",
     "BatchTopKTranscoder",
     "JumpReLUTranscoder",
     "MatryoshkaTranscoder",
     "TopKTranscoder",
+    "active_latents",
     "Transcoder",
     "check_prefix_ends",
     "group_sizes_to_ends",
