@@ -13,8 +13,9 @@ code, EleutherAI's sparsify):
    reconstruct on its own, which is what makes the early latents general.
 3. Auxiliary loss (``aux_penalty`` x): dead latents' top ``top_k_aux`` pre-activations predict
    the residual ``y - y_hat``; see :func:`objective.aux_loss`.
-4. Adam with warmup and decay; before the update the gradient component parallel to each
-   decoder row is removed, after it every decoder row is renormalised to unit norm.
+4. Adam with warmup and decay (or, with ``optimizer=signum``, schedule-free SignSGD at a constant
+   rate: :mod:`train.optim`); before the update the gradient component parallel to each decoder
+   row is removed, after it every decoder row is renormalised to unit norm.
 5. Bookkeeping: tokens since each latent last fired (dead latents), and for BatchTopK the
    inference threshold.
 
