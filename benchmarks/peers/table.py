@@ -18,8 +18,10 @@ def main() -> None:
     for tool, seconds in (("transcoderbench", ours_s), ("sparsify", sparsify_s)):
         m = metrics(work, "ours" if tool == "transcoderbench" else tool)
         rec, sp = m.get("reconstruction", {}), m.get("sparsity", {})
-        print(f"{tool:<16}{rec.get('fvu', float('nan')):>14.4f}{sp.get('dead_latents', -1):>8}"
-              f"{sp.get('l0_mean', float('nan')):>8.1f}{seconds:>10.1f}")
+        print(
+            f"{tool:<16}{rec.get('fvu', float('nan')):>14.4f}{sp.get('dead_latents', -1):>8}"
+            f"{sp.get('l0_mean', float('nan')):>8.1f}{seconds:>10.1f}"
+        )
     print(f"speed ratio (sparsify wall / ours): {sparsify_s / ours_s:.2f}x")
 
 

@@ -13,7 +13,7 @@ import time
 import torch
 from datasets import Dataset
 from safetensors.torch import load_file
-from sparsify import SaeConfig, Trainer, TrainConfig
+from sparsify import SaeConfig, TrainConfig, Trainer
 from transformers import AutoModelForCausalLM
 
 
