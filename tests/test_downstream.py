@@ -56,8 +56,18 @@ def evaluate(lm, tcs, tbs, *, mean_batches=1, force_full_forward=False, variants
     return {run.name: run.results()["downstream"] for run in runs}, plan
 
 
+def rule_mask(tb):
+    """``[B, T-1]``: the rule written out here, independently: made at a kept (spliced) position, target real."""
+    made_at_spliced = tb.keep[:, :-1]
+    target_real = tb.attention_mask[:, 1:] == 1
+    return made_at_spliced & target_real
+
+
 def labels_for(tb):
-    return tb.input_ids.masked_fill(~tb.keep, -100)
+    """Labels for the model's own ``labels=`` loss (HF shifts them): token t+1 is the label of position t."""
+    labels = torch.full_like(tb.input_ids, -100)
+    labels[:, 1:] = tb.input_ids[:, 1:].masked_fill(~rule_mask(tb), -100)
+    return labels
 
 
 def model_loss(lm, tbs, hook=None):
@@ -112,7 +122,7 @@ def spliced_reference(lm, tc, tbs, layer):
             finally:
                 h1.remove()
                 h2.remove()
-        lab_keep = tb.keep[:, 1:]
+        lab_keep = rule_mask(tb)
         lp_clean = torch.log_softmax(clean[:, :-1][lab_keep], -1).double()
         lp = torch.log_softmax(spliced[:, :-1][lab_keep], -1).double()
         labels = tb.input_ids[:, 1:][lab_keep]
@@ -129,7 +139,8 @@ def test_ce_clean_is_the_models_own_loss(tiny_lm, family):
     tbs = batches(lm)
     res, _ = evaluate(lm, {"m": matryoshka(lm.d_model, 1)}, tbs)
     assert res["m"]["ce_clean"] == pytest.approx(model_loss(lm, tbs), rel=1e-5)
-    assert res["m"]["n_tokens"] == sum(int(tb.keep[:, 1:].sum()) for tb in tbs)
+    assert res["m"]["n_tokens"] == sum(int(rule_mask(tb).sum()) for tb in tbs)
+    assert "spliced position" in res["m"]["token_rule"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -253,3 +264,49 @@ def test_clean_next_token_matches_the_definitions():
     assert torch.allclose(clean.ce.double(), -lp_c.gather(-1, labels[:, None]).squeeze(-1), rtol=1e-5, atol=1e-5)
     same_ce, same_kl = clean.versus(clean_logits.clone())
     assert torch.equal(same_kl, torch.zeros(50)) and torch.equal(same_ce, clean.ce)
+
+
+def padded_batches(lm):
+    """Packed batches changed by hand: a mid-sequence EOS in one row and right padding in another."""
+    from transcoderbench.data import TokenBatch
+    from transcoderbench.data.batching import keep_mask, special_token_ids
+
+    out = []
+    eos = lm.tokenizer.eos_token_id
+    for tb in batches(lm, n=2):
+        ids, mask = tb.input_ids.clone(), tb.attention_mask.clone()
+        ids[0, 7] = eos
+        mask[1, SEQ_LEN - 5 :] = 0
+        ids[1, SEQ_LEN - 5 :] = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else eos
+        keep = keep_mask(ids, mask, special_token_ids(lm.tokenizer))
+        out.append(TokenBatch(input_ids=ids, attention_mask=mask, keep=keep, seq_index=tb.seq_index))
+    return out
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_token_rule_against_per_position_ce_by_hand(tiny_lm, family):
+    """Per-position CE of a hook-spliced forward, selected by the rule here: BOS->first, EOS- and PAD-made
+    predictions and predictions of PAD are left out; the clean and spliced CE and their delta use the same ones."""
+    lm = tiny_lm(family)
+    tbs = padded_batches(lm)
+    tc = matryoshka(lm.d_model, 1, seed=2)
+    res, _ = evaluate(lm, {"m": tc}, tbs)
+    r = res["m"]
+    ce_clean_sum, n = 0.0, 0
+    for tb in tbs:
+        with torch.no_grad():
+            logits = lm.model(input_ids=tb.input_ids, attention_mask=tb.attention_mask, use_cache=False).logits
+        per_position = torch.nn.functional.cross_entropy(
+            logits[:, :-1].double().transpose(1, 2), tb.input_ids[:, 1:], reduction="none"
+        )
+        mask = rule_mask(tb)
+        assert not mask[:, 0].any()  # BOS predicting the first token never counts
+        ce_clean_sum += per_position[mask].sum().item()
+        n += int(mask.sum())
+        assert int(mask.sum()) < int(tb.keep[:, 1:].sum())  # the old rule counted more (BOS->first)
+    assert r["n_tokens"] == n
+    assert r["ce_clean"] == pytest.approx(ce_clean_sum / n, rel=1e-5)
+    ce, kl = spliced_reference(lm, tc, tbs, 1)
+    assert r["ce_spliced"] == pytest.approx(ce, rel=1e-4)
+    assert r["kl_div"] == pytest.approx(kl, rel=1e-3, abs=1e-6)
+    assert r["delta_loss"] == pytest.approx(ce - ce_clean_sum / n, rel=1e-3, abs=1e-6)

@@ -323,7 +323,9 @@ class Downstream(Record):
     """The model's loss with the reconstruction spliced in (the downstream phase)."""
 
     n_tokens: int | None = None
-    """Tokens scored."""
+    """Predictions scored (see token_rule)."""
+    token_rule: str | None = None
+    """Which next-token predictions count (made at a spliced position, target a real token)."""
     ce_clean: float | None = None
     """Cross-entropy of the unmodified model."""
     ce_spliced: float | None = None

@@ -23,7 +23,15 @@ from transcoderbench.evaluate.runs import TranscoderRun
 from transcoderbench.lm import LanguageModel, capture, site_widths
 from transcoderbench.lm.splice import CleanForward, Head, additive_layer, find_head, resume, spliced_forward
 from transcoderbench.metrics.base import Accumulator, TranscoderBatch
-from transcoderbench.metrics.downstream import CLEAN, MEAN, ZERO, CleanNextToken, Downstream, prefix_column
+from transcoderbench.metrics.downstream import (
+    CLEAN,
+    MEAN,
+    ZERO,
+    CleanNextToken,
+    Downstream,
+    counted_predictions,
+    prefix_column,
+)
 
 # Rows of logits computed at once: bounds the head's memory (rows * vocab floats, ~256 MB).
 HEAD_CHUNK_ELEMENTS = 1 << 26
@@ -172,8 +180,7 @@ def downstream_batch(
     keep = tb.keep.to(lm.device)
     B, T = ids.shape
     keep_flat = keep.reshape(-1)
-    # Position t predicts token t+1; it counts when that token is kept.
-    b_idx, t_idx = keep[:, 1:].nonzero(as_tuple=True)
+    b_idx, t_idx = counted_predictions(keep, tb.attention_mask.to(lm.device)).nonzero(as_tuple=True)
     rows = b_idx * T + t_idx
     labels = ids[b_idx, t_idx + 1]
     seq_ids = tb.seq_index.to(lm.device)[b_idx]

@@ -5,8 +5,11 @@ model and of several spliced variants (every nested prefix, and zero/mean ablati
 site). This accumulator turns them into sums of cross-entropy and KL(p_clean || p_variant), per
 column and per sequence, and at the end into CE, delta loss, KL and loss recovered.
 
-Tokens counted: every position whose *next* token is kept (not BOS, PAD or EOS), i.e. exactly the
-positions a model's own ``labels=`` loss counts when those labels are set to -100.
+Predictions counted (``TOKEN_RULE``): position t's prediction of token t+1 counts when t is a spliced
+position (kept: not BOS, PAD or EOS) and token t+1 is a real token (attention mask 1). BOS predicting
+the first token is not counted: BOS is never spliced and attention is causal, so no splice can change
+it. CE_clean, every spliced and ablated CE, delta loss, KL and loss recovered all use these same
+predictions.
 """
 
 from __future__ import annotations
@@ -20,6 +23,17 @@ from transcoderbench.metrics.base import Accumulator, TranscoderBatch
 from transcoderbench.metrics.per_sequence import downstream_ratios
 
 CLEAN, ZERO, MEAN = "clean", "zero_ablation", "mean_ablation"
+
+
+TOKEN_RULE = (
+    "a prediction counts when it is made at a spliced position (not BOS, PAD or EOS) and its target is a real "
+    "token (attention mask 1); BOS predicting the first token is not counted"
+)
+
+
+def counted_predictions(keep: Tensor, attention_mask: Tensor) -> Tensor:
+    """``[B, T-1]`` bool: True where position t's prediction of token t+1 counts (``TOKEN_RULE``)."""
+    return keep[:, :-1] & (attention_mask[:, 1:] != 0)
 
 
 def prefix_column(end: int) -> str:
@@ -119,7 +133,7 @@ class Downstream(Accumulator):
     def result(self) -> dict[str, Any]:
         counts = self.state["n"].tolist()
         if counts[0] == 0:
-            return {"n_tokens": 0, "note": "no tokens were evaluated downstream"}
+            return {"n_tokens": 0, "token_rule": TOKEN_RULE, "note": "no tokens were evaluated downstream"}
         if len(set(counts)) != 1:
             raise RuntimeError(f"downstream columns saw different token counts {counts}")
         means = self.column_means()
@@ -141,6 +155,7 @@ class Downstream(Accumulator):
         full = per_prefix[-1]
         return {
             "n_tokens": counts[0],
+            "token_rule": TOKEN_RULE,
             "ce_clean": ce_clean,
             "ce_spliced": full["ce_spliced"],
             "delta_loss": full["delta_loss"],

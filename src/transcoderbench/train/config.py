@@ -118,6 +118,16 @@ class OptimConfig:
     """Optimisation"""
 
     lr: float = opt(4e-4, "peak Adam learning rate")
+    optimizer: str = opt(
+        "adam",
+        "adam (warmup + decay schedule) or signum (schedule-free SignSGD, sparsify's default: constant "
+        "signum_lr, weights averaged; ignores lr, warmup_steps, min_lr and decay)",
+        choices=("adam", "signum"),
+    )
+    signum_lr: float | None = opt(
+        None, "SignSGD learning rate (default: sparsify's 5e-3 / sqrt(dict_size / 2**14), 1.33e-2 at 2304 latents)"
+    )
+    signum_momentum: float = opt(0.95, "schedule-free interpolation: y = momentum * x + (1 - momentum) * z")
     warmup_steps: int = opt(1000, "steps of linear warmup from 0 to lr")
     min_lr: float = opt(0.0, "learning rate reached at the last step")
     decay: str = opt("cosine", "decay from lr to min_lr after the warmup", choices=DECAY_CHOICES)

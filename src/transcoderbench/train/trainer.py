@@ -51,6 +51,13 @@ from transcoderbench.train.objective import (
     total_variance,
     with_encoder_grad,
 )
+from transcoderbench.train.optim import (
+    averaged_weights,
+    load_optimizer_state,
+    make_optimizer,
+    optimizer_state_tensors,
+    step_lr,
+)
 from transcoderbench.train.schedule import lr_at
 from transcoderbench.transcoders import (
     BatchTopKTranscoder,
@@ -119,7 +126,7 @@ class TranscoderTrainer:
         W_enc = W_dec.T.clone() if d_in == d_out else unit_rows(torch.randn(d_sae, d_in, generator=g)).T.contiguous()
         initial = {"W_enc": W_enc, "b_enc": torch.zeros(d_sae), "W_dec": W_dec, "b_dec": torch.zeros(d_out)}
         self.params = {key: torch.nn.Parameter(t.to(device)) for key, t in initial.items()}
-        self.optimizer = torch.optim.Adam(list(self.params.values()), lr=config.lr)
+        self.optimizer = make_optimizer(config, list(self.params.values()))
         self.tokens_since_fired = torch.zeros(d_sae, dtype=torch.int64, device=device)
         self.input_scale = 1.0
         self.target_scale = 1.0
@@ -204,6 +211,7 @@ class TranscoderTrainer:
             W_dec, grad = p["W_dec"], p["W_dec"].grad
             assert grad is not None  # every parameter gets a gradient (sparse decode, encoder entries, biases)
             grad -= (grad * W_dec).sum(dim=1, keepdim=True) * W_dec  # keep rows on the unit sphere
+            lr = step_lr(c, self.steps_done, lr)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self.optimizer.step()
@@ -263,9 +271,15 @@ class TranscoderTrainer:
         ``threshold / s_y``, ``b_dec / s_y``. Pre-activations shrink by ``1 / s_y``, so the same
         latents are selected and the decoder rows stay unit vectors.
         """
+        with averaged_weights(self.optimizer):
+            return self._final_transcoder(info, recent_x)
+
+    def _final_transcoder(self, info: dict[str, Any], recent_x: Tensor | None) -> Transcoder:
         c, p = self.config, self.params
         s_x, s_y = self.input_scale, self.target_scale
-        weights = (p["W_enc"] * (s_x / s_y), p["b_enc"] / s_y, p["W_dec"], p["b_dec"] / s_y)
+        weights = tuple(
+            w.detach().clone() for w in (p["W_enc"] * (s_x / s_y), p["b_enc"] / s_y, p["W_dec"], p["b_dec"] / s_y)
+        )
         training = info.setdefault("training", {})
         training.update(input_scale=s_x, target_scale=s_y)
         common: dict[str, Any] = {"input_site": self.input_site, "output_site": self.output_site, "info": info}
@@ -293,6 +307,7 @@ class TranscoderTrainer:
                 if v in opt_state and key in opt_state[v]:
                     value = opt_state[v][key]
                     tensors[f"adam.{k}.{key}"] = value if isinstance(value, Tensor) else torch.tensor(float(value))
+        tensors.update(optimizer_state_tensors(self.optimizer, self.params))
         tensors["tokens_since_fired"] = self.tokens_since_fired
         meta = {
             "threshold": self.threshold,
@@ -312,6 +327,7 @@ class TranscoderTrainer:
                 self.optimizer.state[v] = {
                     key: tensors[f"adam.{k}.{key}"].to(v.device if key != "step" else "cpu") for key in _ADAM_KEYS
                 }
+        load_optimizer_state(self.optimizer, self.params, tensors)
         self.tokens_since_fired.copy_(tensors["tokens_since_fired"])
         self.threshold, self.last_kept = meta["threshold"], meta["last_kept"]
         self.steps_done = int(meta["steps_done"])

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# One virtual environment per peer, CPU torch pinned first so no peer pulls a CUDA build.
+# Usage: bash benchmarks/peers/setup.sh [ROOT]   (default ROOT: ./peer-venvs, outside git's view via .gitignore of venvs)
+set -euo pipefail
+ROOT=${1:-peer-venvs}
+TORCH=${TORCH_SPEC:-torch==2.13.0}
+mkdir -p "$ROOT"
+make_venv() {  # name, packages...
+  local name=$1; shift
+  [ -x "$ROOT/$name/bin/python" ] || python3 -m venv "$ROOT/$name"
+  "$ROOT/$name/bin/pip" install -q --upgrade pip
+  # CPU wheel first (a plain `pip install torch` on Linux is the CUDA build).
+  "$ROOT/$name/bin/pip" install -q "$TORCH" --index-url "${TORCH_INDEX:-https://download.pytorch.org/whl/cpu}" \
+    || "$ROOT/$name/bin/pip" install -q "$TORCH"
+  "$ROOT/$name/bin/pip" install -q "$@"
+  "$ROOT/$name/bin/python" -c "import torch; print('$name', torch.__version__)"
+}
+make_venv sparsify "eai-sparsify==1.3.3"
+# SAELens 6.x needs TransformerLens 3.x: 4.x changed the hooked-model API it imports.
+make_venv saelens "sae-lens==6.54.*" "transformer-lens<4"
+make_venv saebench "sae-bench==0.6.*" "transformer-lens<4"
