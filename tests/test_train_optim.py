@@ -56,7 +56,7 @@ def test_matches_the_reference_algorithm():
 def test_sparsify_width_rule():
     assert signum_lr(2**14) == 5e-3
     assert signum_lr(2304) == pytest.approx(5e-3 / math.sqrt(2304 / 16384)) == pytest.approx(1.3333e-2, rel=1e-4)
-    c = TrainConfig(dict_size=2304, optimizer="signum")
+    c = TrainConfig.from_flat(dict_size=2304, optimizer="signum")
     assert step_lr(c, 0, 123.0) == step_lr(c, 999, 0.5) == pytest.approx(1.3333e-2, rel=1e-4)
     assert step_lr(TrainConfig(), 5, 0.25) == 0.25  # Adam follows the schedule
 
@@ -70,7 +70,7 @@ def synthetic(n=4096, d=16, s=64, seed=0):
 
 def test_signum_trains_and_resumes_exactly():
     x = synthetic()
-    c = TrainConfig(dict_size=64, top_k=4, architecture="topk", optimizer="signum", signum_lr=3e-3, batch_size=256)
+    c = TrainConfig.from_flat(dict_size=64, top_k=4, architecture="topk", optimizer="signum", signum_lr=3e-3, batch_size=256)
     t = TranscoderTrainer(c, d_in=16, d_out=16, input_site="a", output_site="a")
     t.init_from_data(x, x)
     first = t.step(x[:256], x[:256], lr=0.0)
