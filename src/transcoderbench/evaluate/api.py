@@ -7,11 +7,12 @@ token counts, package versions).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import platform
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from typing import Any
@@ -26,6 +27,7 @@ from transcoderbench.evaluate.engine import prepare_runs, run_pass
 from transcoderbench.evaluate.runs import AccumulatorFactory
 from transcoderbench.evaluate.splice import plan_downstream
 from transcoderbench.formats import load_transcoder
+from transcoderbench.latents import LatentsPlan, finish_latents, plan_latents
 from transcoderbench.lm import LanguageModel, load_language_model, resolve_model_name
 from transcoderbench.metrics import default_accumulators, weight_metrics
 from transcoderbench.metrics.bootstrap import attach_uncertainty
@@ -40,6 +42,10 @@ class EvaluationResult:
     """Model, dataset, token counts, options and versions (identical for every transcoder)."""
     metrics: dict[str, dict[str, Any]]
     """Transcoder name -> JSON-ready metrics (see ``transcoder_metrics``)."""
+    latents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Transcoder name -> latents record (``latents.records``), when ``config.latents.latents`` is on."""
+    latent_matches: list[dict[str, Any]] = field(default_factory=list)
+    """Latent matches of each pair of transcoders at the same sites (``latents.matching``)."""
 
 
 def package_versions() -> dict[str, str]:
@@ -135,6 +141,7 @@ def evaluate_transcoders(
         )
     n_sequences = data.batches * data.batch_size
     runs = prepare_runs(lm, transcoders, make_accumulators, n_sequences=n_sequences)
+    latents_plan = add_latent_collectors(runs, transcoders, config, lm)
     source = resolve_text_source(
         data.dataset,
         text_field=data.text_field,
@@ -204,4 +211,23 @@ def evaluate_transcoders(
             metrics[name]["absorption_note"] = (
                 (result.get("note") or "") + (" " if result.get("note") else "") + VERSUS_REDUNDANCY
             )
-    return EvaluationResult(meta=meta, metrics=metrics)
+    result = EvaluationResult(meta=meta, metrics=metrics)
+    if latents_plan is not None:
+        say("building the per-latent records (contexts, logit lens, matches)")
+        result.latents, result.latent_matches = finish_latents(latents_plan, transcoders, lm)
+        meta["latents"] = dataclasses.asdict(config.latents)
+    return result
+
+
+def add_latent_collectors(
+    runs: list[Any], transcoders: dict[str, Transcoder], config: EvalConfig, lm: LanguageModel
+) -> LatentsPlan | None:
+    """With ``config.latents.latents``: a latents collector in every run, fed by the same pass."""
+    if not config.latents.latents:
+        return None
+    plan = plan_latents(transcoders, config.latents)
+    for run in runs:
+        collector = plan.collectors[run.name]
+        collector.state = {k: v.to(lm.device) for k, v in collector.state.items()}
+        run.accumulators["latents"] = collector
+    return plan

@@ -31,6 +31,10 @@ class TranscoderBatch:
     """Reconstruction from each nested prefix, ``[P, N, d_out]``; the last is the full one."""
     seq_ids: Tensor
     """Global index of the sequence each token comes from, ``[N]`` (int64)."""
+    token_ids: Tensor | None = None
+    """Token id of each kept token, ``[N]`` (int64); set by the engine, read by the latents collector."""
+    positions: Tensor | None = None
+    """Position of each kept token in its sequence, ``[N]`` (int64); set by the engine."""
 
     @property
     def y_hat(self) -> Tensor:
