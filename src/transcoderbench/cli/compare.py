@@ -12,6 +12,7 @@ from transcoderbench.cli.flags import add_flag, config_from_args
 from transcoderbench.config import EvalConfig
 from transcoderbench.errors import UserError
 from transcoderbench.evaluate import evaluate_transcoders, load_transcoders
+from transcoderbench.latents import latents_files
 
 
 def register(sub: Any) -> None:
@@ -66,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     specs = specs_of(args)
     config = config_from_args(args, EvalConfig)
     result = evaluate_transcoders(load_transcoders(specs, config.select), config)
-    files = comparison_files(result)
+    pages = latents_files(result.latents, result.latent_matches, result.metrics, {n: f"{n}_latents" for n in specs})
+    files = {**comparison_files(result), **pages}
     write_outputs(out_dir, files, result, comparison=files["comparison.json"])
     return 0

@@ -10,6 +10,7 @@ from transcoderbench.cli.common import check_output_dir, default_eval_dir, write
 from transcoderbench.cli.flags import FlagTable, add_config_flags, add_flag, config_from_args
 from transcoderbench.config import EvalConfig
 from transcoderbench.evaluate import evaluate_transcoders, load_transcoders
+from transcoderbench.latents import latents_files
 from transcoderbench.report.summary import evaluation_summary
 
 CHECKPOINT_HELP = (
@@ -49,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args, EvalConfig)
     transcoders = load_transcoders({args.name: args.checkpoint}, config.select)
     result = evaluate_transcoders(transcoders, config)
+    pages = latents_files(result.latents, result.latent_matches, result.metrics, {args.name: "latents"})
     m = result.metrics[args.name]
-    files = {"metrics.json": {"meta": result.meta, **m}, "summary.txt": evaluation_summary(result.meta, m)}
+    files = {"metrics.json": {"meta": result.meta, **m}, "summary.txt": evaluation_summary(result.meta, m), **pages}
     write_outputs(out_dir, files, result)
     return 0
