@@ -22,8 +22,8 @@ def _r(x: float) -> float:
     return float(f"{x:.4g}")
 
 
-def _examples(act: Tensor, seq: Tensor, pos: Tensor) -> list[list[Any]]:
-    return [[_r(float(a)), int(s), int(p)] for a, s, p in zip(act, seq, pos) if int(s) != NO_SEQ]
+def _examples(act: list[float], seq: list[int], pos: list[int]) -> list[list[Any]]:
+    return [[_r(a), s, p] for a, s, p in zip(act, seq, pos) if s != NO_SEQ]
 
 
 def _group_of(ids: Tensor, prefix_ends: tuple[int, ...]) -> list[int]:
@@ -39,11 +39,11 @@ def _trimmed_hist(row: Tensor) -> list[int]:
     return [lo, *row[lo : hi + 1].tolist()]
 
 
-def _input_tokens(examples: list[list[Any]], seqs: dict[int, Tensor]) -> list[list[Any]]:
+def _input_tokens(examples: list[list[Any]], seqs: dict[int, list[int]]) -> list[list[Any]]:
     """Tokens at the marked positions of the kept examples: ``[token, max activation, count]``, strongest first."""
     best: dict[int, list[Any]] = defaultdict(lambda: [0.0, 0])
     for act, s, p in examples:
-        tok = int(seqs[s][p]) if s in seqs else -1
+        tok = seqs[s][p] if s in seqs else -1
         best[tok][0] = max(best[tok][0], act)
         best[tok][1] += 1
     ranked = sorted(best.items(), key=lambda kv: (-kv[1][0], -kv[1][1]))
@@ -56,33 +56,36 @@ def latents_record(
     """Every latent's evidence as compact JSON-ready lists, with the token strings it needs."""
     ids: Tensor = evidence["subset"]
     n_tokens = int(evidence["n_tokens"])
-    seqs: dict[int, Tensor] = evidence["sequences"]
+    seqs = {s: row.tolist() for s, row in evidence["sequences"].items()}
     effects = direct_effects(lm, tc.W_dec.detach(), ids, top=top_tokens) if lm is not None else None
+    eff = {k: v.tolist() for k, v in effects.items()} if effects is not None else None
     groups = _group_of(ids, tc.prefix_ends)
+    ev = {k: evidence[k].tolist() for k in ("top_act", "top_seq", "top_pos", "smp_act", "smp_seq", "smp_pos")}
+    counts, sums = evidence["count"].tolist(), evidence["act_sum"].tolist()
     hist = evidence["hist"].reshape(len(ids), HIST_BINS)
     latents = []
     for row, lid in enumerate(ids.tolist()):
-        count = int(evidence["count"][row])
-        top = _examples(evidence["top_act"][row], evidence["top_seq"][row], evidence["top_pos"][row])
-        samples = _examples(evidence["smp_act"][row], evidence["smp_seq"][row], evidence["smp_pos"][row])
+        count = counts[row]
+        top = _examples(ev["top_act"][row], ev["top_seq"][row], ev["top_pos"][row])
+        samples = _examples(ev["smp_act"][row], ev["smp_seq"][row], ev["smp_pos"][row])
         samples.sort(key=lambda e: -e[0])
         entry: dict[str, Any] = {
             "id": lid,
             "group": groups[row],
             "count": count,
             "density": _r(count / max(n_tokens, 1)),
-            "mean": _r(float(evidence["act_sum"][row]) / count) if count else 0.0,
+            "mean": _r(sums[row] / count) if count else 0.0,
             "max": top[0][0] if top else 0.0,
-            "hist": _trimmed_hist(hist[row]),
+            "hist": _trimmed_hist(hist[row]) if count else [],
             "top": top,
             "samples": samples,
             "inputs": _input_tokens(top + samples, seqs),
         }
-        if effects is not None:
-            entry["up"] = [[int(t), _r(float(v))] for t, v in zip(effects["up_ids"][row], effects["up_val"][row])]
-            entry["down"] = [[int(t), _r(float(v))] for t, v in zip(effects["down_ids"][row], effects["down_val"][row])]
+        if eff is not None:
+            entry["up"] = [[t, _r(v)] for t, v in zip(eff["up_ids"][row], eff["up_val"][row])]
+            entry["down"] = [[t, _r(v)] for t, v in zip(eff["down_ids"][row], eff["down_val"][row])]
         latents.append(entry)
-    used = sorted({int(t) for s in seqs.values() for t in s.tolist() if t >= 0} | _effect_tokens(latents))
+    used = sorted({t for s in seqs.values() for t in s if t >= 0} | _effect_tokens(latents))
     return {
         "format": FORMAT,
         "name": name,
@@ -99,7 +102,7 @@ def latents_record(
         if effects is not None
         else "not computed: the model's final norm and unembedding could not be rebuilt",
         "latents": latents,
-        "sequences": {str(s): row.tolist() for s, row in sorted(seqs.items())},
+        "sequences": {str(s): row for s, row in sorted(seqs.items())},
         "vocab": dict(zip(map(str, used), _decode(lm, used))),
     }
 
