@@ -21,7 +21,7 @@ import torch
 from transcoderbench.config import LatentsConfig
 from transcoderbench.data import resolve_text_source, token_batches
 from transcoderbench.evaluate import prepare_runs, run_pass
-from transcoderbench.latents import finish_latents, plan_latents, render_latents_page
+from transcoderbench.latents import LatentCollector, finish_latents, latents_record, plan_latents, render_latents_page
 from transcoderbench.lm import load_language_model
 from transcoderbench.transcoders import TopKTranscoder
 
@@ -41,6 +41,45 @@ def timed(collector: Any, inside: list[float]) -> Any:
     return collector
 
 
+def synthetic_page_size(d_sae: int, top_k: int, n_sequences: int, seq_len: int = 128, vocab: int = 49152) -> None:
+    """Upper bound of the page size: every latent fires, every slot is filled, every sequence is retained."""
+    g = torch.Generator().manual_seed(0)
+    c = LatentCollector(d_sae, top_k=top_k, samples=5)
+    st = c.state
+    for prefix in ("top", "smp"):
+        slots = st[f"{prefix}_act"].shape[1]
+        st[f"{prefix}_act"] = torch.rand(d_sae, slots, generator=g).sort(dim=1, descending=True).values * 10
+        st[f"{prefix}_seq"] = torch.randint(0, n_sequences, (d_sae, slots), generator=g)
+        st[f"{prefix}_pos"] = torch.randint(1, seq_len, (d_sae, slots), generator=g)
+    st["smp_key"] = torch.rand(d_sae, 5, generator=g)
+    st["count"] = torch.randint(1, 5000, (d_sae,), generator=g)
+    st["act_sum"] = st["count"].double() * 2.5
+    st["n_tokens"] = torch.tensor(n_sequences * (seq_len - 1))
+    st["hist"] = torch.randint(0, 300, (d_sae * 32,), generator=g) * (torch.arange(d_sae * 32) % 32 < 12)
+    c.sequences.tokens = {
+        s: torch.randint(0, vocab, (seq_len,), generator=g, dtype=torch.int32) for s in range(n_sequences)
+    }
+    tc = TopKTranscoder(
+        torch.zeros(8, d_sae),
+        torch.zeros(d_sae),
+        torch.randn(d_sae, 8, generator=g),
+        torch.zeros(8),
+        input_site="blocks.0.hook_mlp_in",
+        output_site="blocks.0.hook_mlp_out",
+        k=1,
+    )
+    record = latents_record("synthetic", tc, c.evidence(), None)
+    for lat in record["latents"]:  # what the logit lens adds with a real model: 2 x 10 [token, logit] pairs
+        lat["up"] = [[int(t), 1.234] for t in torch.randint(0, vocab, (10,), generator=g)]
+        lat["down"] = [[int(t), -1.234] for t in torch.randint(0, vocab, (10,), generator=g)]
+    record["vocab"].update({str(i): f"tok{i}" for i in range(vocab)})
+    page = render_latents_page(record)
+    print(
+        f"synthetic upper bound: d_sae {d_sae}, top_k {top_k}, 5 samples, {n_sequences} sequences of {seq_len}: "
+        f"latents.html {len(page.encode()) / 1e6:.1f} MB"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -53,7 +92,17 @@ def main() -> None:
     parser.add_argument("--seq_len", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--size_only",
+        type=int,
+        default=0,
+        metavar="N_SEQUENCES",
+        help="only print the synthetic upper bound of the page size with N_SEQUENCES retained",
+    )
     args = parser.parse_args()
+    if args.size_only:
+        synthetic_page_size(args.d_sae, args.top_k, args.size_only, args.seq_len)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     lm = load_language_model(args.model)
