@@ -94,6 +94,8 @@ class LatentCollector(Accumulator):
         self.d_sae = d_sae
         self.subset = torch.arange(d_sae) if subset is None else subset.to(torch.int64)
         d = len(self.subset)
+        self._slot_of = torch.full((d_sae,), -1, dtype=torch.int64)
+        self._slot_of[self.subset] = torch.arange(d)
         self.top_k, self.samples = top_k, samples
         self.state["top_act"] = torch.zeros(d, top_k)
         self.state["top_seq"] = torch.full((d, top_k), NO_SEQ, dtype=torch.int64)
@@ -119,30 +121,52 @@ class LatentCollector(Accumulator):
         for tap in self.taps:
             tap.feed(self.run_name, batch.f)
         st = self.state
-        sub = self.subset.to(batch.f.device)
-        f = batch.f if len(sub) == self.d_sae else batch.f.index_select(1, sub)
-        seq, pos = batch.seq_ids, batch.positions
-        n = f.shape[0]
-        k = min(self.top_k, n)
-        vals, idx = torch.topk(f, k, dim=0)  # [k, d]
-        self._keep_top(vals.T, seq[idx].T, pos[idx].T)
+        f = batch.f
+        rows, cols = (f > 0).nonzero(as_tuple=True)  # the only pass over the dense [N, d_sae] activations
+        vals = f[rows, cols]
+        if len(self.subset) != self.d_sae:
+            slot = self._slot_of.to(f.device)[cols]
+            rows, cols, vals = rows[slot >= 0], slot[slot >= 0], vals[slot >= 0]
+        seq, pos = batch.seq_ids[rows], batch.positions[rows]
+        n, d = f.shape[0], len(self.subset)
+        _, t_act, t_seq, t_pos = self._column_best(cols, vals, vals, seq, pos, self.top_k, 0.0, d)
+        self._keep_top(t_act, t_seq, t_pos)
         keys = token_keys(seq, pos)
-        active = f > 0
-        masked = torch.where(active, keys[:, None], torch.full_like(f, float("inf")))
-        s = min(self.samples, n)
-        kv, kidx = torch.topk(masked, s, dim=0, largest=False)
-        self._keep_samples(kv.T, f.gather(0, kidx).T, seq[kidx].T, pos[kidx].T)
-        st["count"] += active.sum(0)
-        st["act_sum"] += f.sum(0, dtype=torch.float64)
-        rows, cols = active.nonzero(as_tuple=True)
-        a = f[rows, cols]
-        b = ((torch.log10(a) - HIST_LOG10_MIN) * HIST_BINS_PER_DECADE).floor().clamp(0, HIST_BINS - 1).long()
+        key, act, s_seq, s_pos = self._column_best(cols, -keys, vals, seq, pos, self.samples, float("-inf"), d)
+        self._keep_samples(-key, act, s_seq, s_pos)
+        st["count"] += torch.bincount(cols, minlength=d)
+        st["act_sum"].index_add_(0, cols, vals.double())
+        b = ((torch.log10(vals) - HIST_LOG10_MIN) * HIST_BINS_PER_DECADE).floor().clamp(0, HIST_BINS - 1).long()
         st["hist"].index_add_(0, cols * HIST_BINS + b, torch.ones_like(b))
         st["n_tokens"] += n
-        self.sequences.add(seq, pos, batch.token_ids)
+        self.sequences.add(batch.seq_ids, batch.positions, batch.token_ids)
         self._since_evict += 1
         if self._since_evict >= 16:
             self.evict()
+
+    @staticmethod
+    def _column_best(
+        cols: Tensor, score: Tensor, act: Tensor, seq: Tensor, pos: Tensor, n: int, empty: float, d: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Per latent, the ``n`` firings with the highest ``score`` as ``[d, n]`` (score, act, seq, pos) slots.
+
+        Works on the non-zero entries only (sorted by score, then stably by latent), so it costs
+        ``O(nnz log nnz)`` instead of a top-k over the dense ``[N, d_sae]`` matrix; ties keep token order.
+        """
+        dev = cols.device
+        order = torch.argsort(score, descending=True, stable=True)
+        order = order[torch.argsort(cols[order], stable=True)]
+        c = cols[order]
+        counts = torch.bincount(c, minlength=d)
+        rank = torch.arange(len(c), device=dev) - (torch.cumsum(counts, 0) - counts)[c]
+        keep = rank < n
+        c, r, o = c[keep], rank[keep], order[keep]
+        out_score = torch.full((d, n), empty, device=dev, dtype=score.dtype)
+        out_act = torch.zeros((d, n), device=dev, dtype=act.dtype)
+        out_seq = torch.full((d, n), NO_SEQ, device=dev, dtype=torch.int64)
+        out_pos = torch.zeros((d, n), device=dev, dtype=torch.int64)
+        out_score[c, r], out_act[c, r], out_seq[c, r], out_pos[c, r] = score[o], act[o], seq[o], pos[o]
+        return out_score, out_act, out_seq, out_pos
 
     def _keep_top(self, act: Tensor, seq: Tensor, pos: Tensor) -> None:
         st = self.state
