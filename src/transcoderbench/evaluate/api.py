@@ -211,12 +211,12 @@ def evaluate_transcoders(
             metrics[name]["absorption_note"] = (
                 (result.get("note") or "") + (" " if result.get("note") else "") + VERSUS_REDUNDANCY
             )
-    result = EvaluationResult(meta=meta, metrics=metrics)
+    evaluation = EvaluationResult(meta=meta, metrics=metrics)
     if latents_plan is not None:
         say("building the per-latent records (contexts, logit lens, matches)")
-        result.latents, result.latent_matches = finish_latents(latents_plan, transcoders, lm)
+        evaluation.latents, evaluation.latent_matches = finish_latents(latents_plan, transcoders, lm)
         meta["latents"] = dataclasses.asdict(config.latents)
-    return result
+    return evaluation
 
 
 def add_latent_collectors(
