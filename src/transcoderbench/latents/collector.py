@@ -27,6 +27,8 @@ from transcoderbench.metrics.base import Accumulator, TranscoderBatch
 #: Activation histogram: 32 bins of a quarter decade from 1e-4 to 1e4 (out-of-range values clamp).
 HIST_LOG10_MIN, HIST_BINS_PER_DECADE, HIST_BINS = -4.0, 4, 32
 NO_SEQ = -1
+#: Pending firings are folded into the slots every FLUSH_EVERY batches, or sooner past MAX_PENDING entries.
+FLUSH_EVERY, MAX_PENDING = 16, 4_000_000
 #: A latent firing on more than this fraction of tokens is listed as dense.
 DENSE_THRESHOLD = 0.1
 
@@ -110,6 +112,8 @@ class LatentCollector(Accumulator):
         self.state["n_tokens"] = torch.zeros((), dtype=torch.int64)
         self.sequences = SequenceStore()
         self._since_evict = 0
+        self._pending: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        self._n_pending = 0
         self.run_name = ""
         self.taps: list[Any] = []
         """Objects with ``feed(run_name, f)`` that see every batch's full activations (pair correlations)."""
@@ -129,11 +133,8 @@ class LatentCollector(Accumulator):
             rows, cols, vals = rows[slot >= 0], slot[slot >= 0], vals[slot >= 0]
         seq, pos = batch.seq_ids[rows], batch.positions[rows]
         n, d = f.shape[0], len(self.subset)
-        _, t_act, t_seq, t_pos = self._column_best(cols, vals, vals, seq, pos, self.top_k, 0.0, d)
-        self._keep_top(t_act, t_seq, t_pos)
-        keys = token_keys(seq, pos)
-        key, act, s_seq, s_pos = self._column_best(cols, -keys, vals, seq, pos, self.samples, float("-inf"), d)
-        self._keep_samples(-key, act, s_seq, s_pos)
+        self._pending.append((cols, vals, seq, pos))
+        self._n_pending += len(cols)
         st["count"] += torch.bincount(cols, minlength=d)
         st["act_sum"].index_add_(0, cols, vals.double())
         b = ((torch.log10(vals) - HIST_LOG10_MIN) * HIST_BINS_PER_DECADE).floor().clamp(0, HIST_BINS - 1).long()
@@ -141,8 +142,21 @@ class LatentCollector(Accumulator):
         st["n_tokens"] += n
         self.sequences.add(batch.seq_ids, batch.positions, batch.token_ids)
         self._since_evict += 1
-        if self._since_evict >= 16:
+        if self._since_evict >= FLUSH_EVERY or self._n_pending > MAX_PENDING:
             self.evict()
+
+    def flush(self) -> None:
+        """Fold the pending firings into the top-K and sample slots (one sort for many batches)."""
+        if not self._pending:
+            return
+        cols, vals, seq, pos = (torch.cat(parts) for parts in zip(*self._pending))
+        self._pending, self._n_pending = [], 0
+        d = len(self.subset)
+        _, t_act, t_seq, t_pos = self._column_best(cols, vals, vals, seq, pos, self.top_k, 0.0, d)
+        self._keep_top(t_act, t_seq, t_pos)
+        keys = token_keys(seq, pos)
+        key, act, s_seq, s_pos = self._column_best(cols, -keys, vals, seq, pos, self.samples, float("-inf"), d)
+        self._keep_samples(-key, act, s_seq, s_pos)
 
     @staticmethod
     def _column_best(
@@ -196,7 +210,8 @@ class LatentCollector(Accumulator):
         return {int(s) for s in torch.unique(ids).tolist() if s != NO_SEQ}
 
     def evict(self) -> None:
-        """Drop stored sequences that no kept example points to."""
+        """Flush, then drop stored sequences that no kept example points to."""
+        self.flush()
         self.sequences.keep_only(self.referenced())
         self._since_evict = 0
 
@@ -207,6 +222,8 @@ class LatentCollector(Accumulator):
             raise TypeError("can only merge a LatentCollector over the same latents")
         if (other.top_k, other.samples) != (self.top_k, self.samples):
             raise TypeError("cannot merge LatentCollectors with different top_k / samples")
+        self.flush()
+        other.flush()
         o = {k: v.to(self.state[k].device) for k, v in other.state.items()}
         self._keep_top(o["top_act"], o["top_seq"], o["top_pos"])
         self._keep_samples(o["smp_key"], o["smp_act"], o["smp_seq"], o["smp_pos"])
@@ -216,7 +233,9 @@ class LatentCollector(Accumulator):
         self.evict()
 
     def all_reduce(self) -> None:
-        """Not a sum: a distributed run must gather every rank's collector and :meth:`merge` them."""
+        """Flush (the pass calls this at its end). Not a sum: a distributed run must gather every rank's
+        collector and :meth:`merge` them."""
+        self.evict()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             if torch.distributed.get_world_size() > 1:
                 raise NotImplementedError("gather the LatentCollectors of all ranks and merge them (top-K of union)")
@@ -224,6 +243,7 @@ class LatentCollector(Accumulator):
     # ----------------------------------------------------------------- output
     def result(self) -> dict[str, Any]:
         """A small summary for metrics.json; the evidence is :meth:`evidence`."""
+        self.flush()
         n = int(self.state["n_tokens"])
         count = self.state["count"].cpu()
         density = count.double() / max(n, 1)
