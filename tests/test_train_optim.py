@@ -70,7 +70,9 @@ def synthetic(n=4096, d=16, s=64, seed=0):
 
 def test_signum_trains_and_resumes_exactly():
     x = synthetic()
-    c = TrainConfig.from_flat(dict_size=64, top_k=4, architecture="topk", optimizer="signum", signum_lr=3e-3, batch_size=256)
+    c = TrainConfig.from_flat(
+        dict_size=64, top_k=4, architecture="topk", optimizer="signum", signum_lr=3e-3, batch_size=256
+    )
     t = TranscoderTrainer(c, d_in=16, d_out=16, input_site="a", output_site="a")
     t.init_from_data(x, x)
     first = t.step(x[:256], x[:256], lr=0.0)

@@ -29,6 +29,7 @@ __all__ = [
     "DataConfig",
     "DownstreamConfig",
     "EvalConfig",
+    "LatentsConfig",
     "ModelConfig",
     "SelectConfig",
     "coerce",
@@ -339,6 +340,7 @@ class EvalConfig:
     downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
     bootstrap: BootstrapOptions = field(default_factory=BootstrapOptions)
     absorption: AbsorptionOptions = field(default_factory=AbsorptionOptions)
+    latents: LatentsConfig = field(default_factory=lambda: LatentsConfig())
     run_absorption: bool = opt(
         True,
         "after the token pass, measure first-letter feature absorption (a probe on the input site; minutes on CPU the "
@@ -455,3 +457,29 @@ def coerce(kind: Any, value: Any, what: str) -> Any:
         return str(value)
     except (ValueError, TypeError, ZeroDivisionError):
         raise UserError(f"{what}={value!r} is not a valid {getattr(base, '__name__', base)}") from None
+
+
+# ----------------------------------------------------------------------------- latents
+@dataclass
+class LatentsConfig:
+    """Per-latent evidence (latents.html, latents.json), collected in the same pass"""
+
+    latents: bool = opt(
+        False,
+        "collect per-latent evidence in the pass (top and sampled contexts, density, histogram, logit lens) and "
+        "write latents.html and latents.json; compare also matches latents (latents_compare.html)",
+    )
+    latents_top_k: int = opt(10, "top-activating contexts kept per latent")
+    latents_samples: int = opt(5, "further firings kept per latent, drawn uniformly from all its firings")
+    latents_subset: str | None = opt(
+        None, "collect only these latents: a range START:END (e.g. 0:4096) or a file of latent ids (default: all)"
+    )
+    latents_candidates: int = opt(
+        8, "compare: decoder-cosine candidates per latent whose activation correlation is measured in the pass"
+    )
+
+    def check(self) -> LatentsConfig:
+        for name in ("latents_top_k", "latents_samples", "latents_candidates"):
+            if getattr(self, name) < 1:
+                raise UserError(f"`latents.{name}` {getattr(self, name)}: must be at least 1")
+        return self

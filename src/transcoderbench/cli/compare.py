@@ -20,6 +20,7 @@ from transcoderbench.cli.flags import add_flag, config_from_args
 from transcoderbench.config import EvalConfig
 from transcoderbench.errors import UserError
 from transcoderbench.evaluate import evaluate_transcoders, load_transcoders
+from transcoderbench.latents import latents_files
 
 
 def register(sub: Any) -> None:
@@ -77,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
     with output_session(out_dir) as writes:
         result = evaluate_transcoders(transcoders, config, state_dir=state_dir(out_dir))
         if writes:
-            files = comparison_files(result)
+            names = {n: f"{n}_latents" for n in specs}
+            pages = latents_files(result.latents, result.latent_matches, result.metrics, names)
+            files = {**comparison_files(result), **pages}
             write_outputs(out_dir, files, result, comparison=files["comparison.json"])
             remove_state(out_dir)
     return 0

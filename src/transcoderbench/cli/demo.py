@@ -10,11 +10,12 @@ from typing import Any
 
 from transcoderbench.cli.common import comparison_files, write_outputs
 from transcoderbench.cli.flags import add_flag
-from transcoderbench.config import DataConfig, DownstreamConfig, EvalConfig, ModelConfig
+from transcoderbench.config import DataConfig, DownstreamConfig, EvalConfig, LatentsConfig, ModelConfig
 from transcoderbench.errors import UserError
 from transcoderbench.evaluate import evaluate_transcoders
 from transcoderbench.formats import load_transcoder
 from transcoderbench.io import directory_lock
+from transcoderbench.latents import latents_files
 from transcoderbench.lm import load_language_model
 from transcoderbench.train.demo import (
     DEMO_LAYER,
@@ -54,11 +55,24 @@ def register(sub: Any) -> None:
         default=True,
         help="measure first-letter absorption in the comparison (--no-absorption skips it)",
     )
+    add_flag(
+        parser,
+        "latents",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="collect per-latent evidence and write NAME_latents.html and latents_compare.html (--no-latents skips it)",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    run_demo(args.output_dir, progress=args.progress, downstream=args.downstream, absorption=args.absorption)
+    run_demo(
+        args.output_dir,
+        progress=args.progress,
+        downstream=args.downstream,
+        absorption=args.absorption,
+        latents=args.latents,
+    )
     return 0
 
 
@@ -69,6 +83,7 @@ def run_demo(
     eval_batches: int = EVAL_BATCHES,
     downstream: bool = True,
     absorption: bool = True,
+    latents: bool = True,
     **overrides: object,
 ) -> dict[str, Path]:
     """Train both transcoders, evaluate and compare them (every phase of ``compare``); returns the paths.
@@ -79,11 +94,17 @@ def run_demo(
     if out.exists() and not out.is_dir():
         raise UserError(f"--output_dir {out}: exists and is a file; choose a directory")
     with directory_lock(out, what="demo output folder"):
-        return _run_demo(out, progress, eval_batches, downstream, absorption, overrides)
+        return _run_demo(out, progress, eval_batches, downstream, absorption, latents, overrides)
 
 
 def _run_demo(
-    out: Path, progress: bool, eval_batches: int, downstream: bool, absorption: bool, overrides: dict[str, object]
+    out: Path,
+    progress: bool,
+    eval_batches: int,
+    downstream: bool,
+    absorption: bool,
+    latents: bool,
+    overrides: dict[str, object],
 ) -> dict[str, Path]:
     start = time.perf_counter()
 
@@ -115,12 +136,14 @@ def _run_demo(
         data=DataConfig(dataset=EVAL_DATASET, batches=eval_batches, batch_size=8, seq_len=128),
         downstream=DownstreamConfig(downstream=downstream),
         run_absorption=absorption,
+        latents=LatentsConfig(latents=latents),
         progress=progress,
     )
     result = evaluate_transcoders(transcoders, config, lm=lm, log=say)
 
     say("step 3/3: comparing")
-    files = comparison_files(result)
+    pages = latents_files(result.latents, result.latent_matches, result.metrics, {n: f"{n}_latents" for n in configs})
+    files = {**comparison_files(result), **pages}
     written = write_outputs(out / "comparison", files, result, comparison=files["comparison.json"], show=False)
     print_summary(result.metrics)
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s. Outputs:")

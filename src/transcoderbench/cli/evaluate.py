@@ -18,6 +18,7 @@ from transcoderbench.cli.common import (
 from transcoderbench.cli.flags import FlagTable, add_config_flags, add_flag, config_from_args
 from transcoderbench.config import EvalConfig
 from transcoderbench.evaluate import evaluate_transcoders, load_transcoders
+from transcoderbench.latents import latents_files
 from transcoderbench.report.summary import evaluation_summary
 
 CHECKPOINT_HELP = (
@@ -60,8 +61,10 @@ def run(args: argparse.Namespace) -> int:
     with output_session(out_dir) as writes:
         result = evaluate_transcoders(transcoders, config, state_dir=state_dir(out_dir))
         if writes:
+            pages = latents_files(result.latents, result.latent_matches, result.metrics, {args.name: "latents"})
             m = result.metrics[args.name]
-            files = {"metrics.json": {"meta": result.meta, **m}, "summary.txt": evaluation_summary(result.meta, m)}
+            summary = evaluation_summary(result.meta, m)
+            files = {"metrics.json": {"meta": result.meta, **m}, "summary.txt": summary, **pages}
             write_outputs(out_dir, files, result)
             remove_state(out_dir)
     return 0

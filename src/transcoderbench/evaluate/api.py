@@ -7,11 +7,12 @@ token counts, package versions).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import platform
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -33,6 +34,7 @@ from transcoderbench.evaluate.runs import AccumulatorFactory, PassStats
 from transcoderbench.evaluate.splice import plan_downstream
 from transcoderbench.formats import load_transcoder
 from transcoderbench.io import fault_point
+from transcoderbench.latents import LatentsPlan, finish_latents, plan_latents
 from transcoderbench.lm import LanguageModel, load_language_model, resolve_model_name
 from transcoderbench.lm.loading import check_seq_len
 from transcoderbench.metrics import default_accumulators, weight_metrics
@@ -48,6 +50,10 @@ class EvaluationResult:
     """Model, dataset, token counts, options and versions (identical for every transcoder)."""
     metrics: dict[str, dict[str, Any]]
     """Transcoder name -> JSON-ready metrics (see ``transcoder_metrics``)."""
+    latents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Transcoder name -> latents record (``latents.records``), when ``config.latents.latents`` is on."""
+    latent_matches: list[dict[str, Any]] = field(default_factory=list)
+    """Latent matches of each pair of transcoders at the same sites (``latents.matching``)."""
 
 
 def _everyone(flag: bool) -> bool:
@@ -159,6 +165,11 @@ def evaluate_transcoders(
     )
     if (config.checkpoint_every or config.resume) and state_dir is None:
         raise UserError("`checkpoint_every` and `resume` need a folder for the saved state (an output folder)")
+    if config.latents.latents and (config.checkpoint_every or config.resume or world_size > 1):
+        raise UserError(
+            "`latents.latents` cannot yet be combined with `checkpoint_every`, `resume` or several processes: "
+            "collect latents in a single uninterrupted run"
+        )
     if config.checkpoint_every < 0:
         raise UserError(f"`checkpoint_every` {config.checkpoint_every}: must be 0 (never) or a number of batches")
     saver: Checkpointer | None = None
@@ -183,6 +194,7 @@ def evaluate_transcoders(
     check_seq_len(lm, data.seq_len)
     n_sequences = data.batches * data.batch_size
     runs = prepare_runs(lm, transcoders, make_accumulators, n_sequences=n_sequences)
+    latents_plan = add_latent_collectors(runs, transcoders, config, lm)
     planned = data.batches * data.batch_size * data.seq_len
     say(
         f"reading up to {planned:,} tokens ({data.batches} batches x {data.batch_size} sequences x {data.seq_len} tokens) "
@@ -294,4 +306,23 @@ def evaluate_transcoders(
             metrics[name]["absorption_note"] = (
                 (result.get("note") or "") + (" " if result.get("note") else "") + VERSUS_REDUNDANCY
             )
-    return EvaluationResult(meta=meta, metrics=metrics)
+    evaluation = EvaluationResult(meta=meta, metrics=metrics)
+    if latents_plan is not None:
+        say("building the per-latent records (contexts, logit lens, matches)")
+        evaluation.latents, evaluation.latent_matches = finish_latents(latents_plan, transcoders, lm)
+        meta["latents"] = dataclasses.asdict(config.latents)
+    return evaluation
+
+
+def add_latent_collectors(
+    runs: list[Any], transcoders: dict[str, Transcoder], config: EvalConfig, lm: LanguageModel
+) -> LatentsPlan | None:
+    """With ``config.latents.latents``: a latents collector in every run, fed by the same pass."""
+    if not config.latents.latents:
+        return None
+    plan = plan_latents(transcoders, config.latents)
+    for run in runs:
+        collector = plan.collectors[run.name]
+        collector.state = {k: v.to(lm.device) for k, v in collector.state.items()}
+        run.accumulators["latents"] = collector
+    return plan

@@ -73,14 +73,30 @@ def prepare_runs(
     return runs
 
 
-def evaluate_batch(run: TranscoderRun, x: Tensor, y: Tensor, seq_ids: Tensor) -> TranscoderBatch:
+def evaluate_batch(
+    run: TranscoderRun,
+    x: Tensor,
+    y: Tensor,
+    seq_ids: Tensor,
+    token_ids: Tensor | None = None,
+    positions: Tensor | None = None,
+) -> TranscoderBatch:
     """Run one transcoder on kept tokens, feed its accumulators, and return what it computed."""
     tc = run.transcoder
     f = tc.encode(x)
     # One sparse view of the latents serves the decode (gathered decoder rows) and the sparsity sums.
     active = active_latents(f)
     y_hat = tc.decode_prefixes(f, x, active=active)
-    batch = TranscoderBatch(x=x, y=y, f=f, y_hat_prefixes=y_hat, seq_ids=seq_ids, active=active)
+    batch = TranscoderBatch(
+        x=x,
+        y=y,
+        f=f,
+        y_hat_prefixes=y_hat,
+        seq_ids=seq_ids,
+        active=active,
+        token_ids=token_ids,
+        positions=positions,
+    )
     for acc in run.accumulators.values():
         acc.update(batch)
     return batch
@@ -133,9 +149,13 @@ def run_pass(
             captured = clean.sites
         keep = tb.keep.to(lm.device).reshape(-1)
         seq_ids = tb.seq_index.to(lm.device).repeat_interleave(ids.shape[1])[keep]
+        token_ids = ids.reshape(-1)[keep]
+        positions = torch.arange(ids.shape[1], device=lm.device).repeat(ids.shape[0])[keep]
         flat = {name: t.reshape(-1, t.shape[-1])[keep] for name, t in captured.items()}
         recon = {
-            run.name: evaluate_batch(run, flat[run.input_site.name], flat[run.output_site.name], seq_ids)
+            run.name: evaluate_batch(
+                run, flat[run.input_site.name], flat[run.output_site.name], seq_ids, token_ids, positions
+            )
             for run in runs
         }
         if splice is not None:

@@ -38,6 +38,10 @@ class TranscoderBatch:
     """The nonzero entries of ``f`` (token, latent, value), if the producer already has them."""
     cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
     """Per-batch quantities several accumulators share (see ``metrics.shared``); do not mutate inputs after use."""
+    token_ids: Tensor | None = None
+    """Token id of each kept token, ``[N]`` (int64); set by the engine, read by the latents collector."""
+    positions: Tensor | None = None
+    """Position of each kept token in its sequence, ``[N]`` (int64); set by the engine."""
 
     @property
     def y_hat(self) -> Tensor:

@@ -453,6 +453,46 @@ def _explanations() -> str:
     return "\n".join(out) + "\n"
 
 
+def _latent_links(metrics: Results) -> str:
+    """Links into each transcoder's latents.html (present only when the run collected latents)."""
+    blocks = []
+    for name, m in metrics.items():
+        lat = m.extra.get("latents")
+        if not isinstance(lat, Mapping) or not lat.get("page"):
+            continue
+        page = str(lat["page"])
+
+        def links(ids: Any, page: str = page) -> str:
+            ids = [int(i) for i in ids or []]
+            return ", ".join(f"<a href='{_e(page)}#latent={i}'>{i}</a>" for i in ids) or "none"
+
+        items = [
+            f"<a href='{_e(page)}'>all collected latents</a> ({_e(lat.get('collected_latents'))})",
+            f"dead (never fired, {_e(lat.get('n_dead'))}): {links(lat.get('dead', [])[:50])}",
+            f"dense (density above {_e(lat.get('dense_threshold'))}): {links(lat.get('dense', [])[:50])}",
+        ]
+        per_letter = m.absorption.extra.get("per_letter") if m.absorption else None
+        for letter, entry in sorted((per_letter or {}).items()):
+            if not isinstance(entry, Mapping):
+                continue
+            absorbing = sorted(
+                {int(i) for w in entry.get("absorbed_words") or [] for i in (w.get("absorbing_latents") or [])}
+            )
+            items.append(
+                f"absorption letter {_e(letter)}: main {links(entry.get('main_latents'))}; "
+                f"absorbing {links(absorbing[:30])}"
+            )
+        for match in lat.get("matches") or []:
+            other, cpage = match.get("page", ""), str(match.get("page", ""))
+            items.append(
+                f"matches to {_e(match.get('other'))} (<a href='{_e(other)}'>side by side</a>): best "
+                f"{links(match.get('best'), cpage)}; worst {links(match.get('worst'), cpage)}; "
+                f"{_e(match.get('n_unmatched_a'))} unmatched"
+            )
+        blocks.append(f"<h3>{_e(name)}</h3><ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>")
+    return "<h2>Latents</h2>\n" + "\n".join(blocks) + "\n" if blocks else ""
+
+
 def render_report(
     meta: RunMeta | Mapping[str, Any],
     metrics: Mapping[str, TranscoderResult | Mapping[str, Any]],
@@ -474,6 +514,7 @@ def render_report(
         + _prefix_tables(results)
         + _absorption_tables(results)
         + _suggestions(results)
+        + _latent_links(results)
         + _explanations()
         + f"<p class='meta'>versions: {_e(versions)}<br>Rebuild this page from the JSON files with "
         "<code>transcoderbench report DIR</code>.</p>"

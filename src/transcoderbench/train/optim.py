@@ -17,7 +17,7 @@ implementation keeps ``z`` as state and recovers ``x`` from ``y`` and ``z`` when
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -132,7 +132,7 @@ class averaged_weights:  # noqa: N801 - used as a context manager, like torch.no
 _SIGNUM_GROUP_KEYS = ("weight_sum", "lr_max", "k")
 
 
-def optimizer_state_tensors(optimizer: torch.optim.Optimizer, params: dict[str, Tensor]) -> dict[str, Tensor]:
+def optimizer_state_tensors(optimizer: torch.optim.Optimizer, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Schedule-free state to save for resuming (``z`` per parameter and the averaging weights);
     empty for Adam, whose state the trainer saves itself."""
     if not isinstance(optimizer, ScheduleFreeSignSGD):
@@ -146,7 +146,7 @@ def optimizer_state_tensors(optimizer: torch.optim.Optimizer, params: dict[str, 
 
 
 def load_optimizer_state(
-    optimizer: torch.optim.Optimizer, params: dict[str, Tensor], tensors: dict[str, Tensor]
+    optimizer: torch.optim.Optimizer, params: Mapping[str, Tensor], tensors: dict[str, Tensor]
 ) -> None:
     if not isinstance(optimizer, ScheduleFreeSignSGD) or "signum.group.k" not in tensors:
         return
