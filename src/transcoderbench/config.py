@@ -179,8 +179,8 @@ class BootstrapOptions:
 # Field names keep their ``absorption_`` prefix: they are the saved JSON's keys and the flags' names.
 #: CPU budget. With SAEBench's probe recipe, SmolLM2 at layer 10 needs ~3,000 training words for
 #: 21-25 letters to reach test F1 > 0.6 (1,500 give 16-20: too close to the 20 needed); 1,000
-#: test words give each scored letter tens of probe-positive words. About 4,000 prompts: 11-12 s
-#: measured on a quiet 2-core CPU with shared in-context prefixes (several times longer when busy).
+#: test words give each scored letter tens of probe-positive words. About 4,000 prompts (timings:
+#: docs/absorption.md).
 CPU_TRAIN_WORDS = 3000
 CPU_TEST_WORDS = 1000
 #: Words sharing one draw of in-context examples (their ~80-token prefix runs once): 32 cost ~3.6

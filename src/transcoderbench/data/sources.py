@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -196,7 +196,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
             yield lineno, (line[:-2] + "\n" if line.endswith("\r\n") else line)
 
 
-def _txt_texts(path: Path) -> Iterator[str]:
+def _txt_texts(path: Path) -> Generator[str, None, None]:
     """Blocks of lines separated by blank lines, one document each."""
     block: list[str] = []
     for _, line in _lines(path):
@@ -209,7 +209,7 @@ def _txt_texts(path: Path) -> Iterator[str]:
         yield "".join(block).rstrip("\r\n")
 
 
-def _jsonl_texts(path: Path, text_field: str) -> Iterator[str]:
+def _jsonl_texts(path: Path, text_field: str) -> Generator[str, None, None]:
     for lineno, line in _lines(path):
         if not line.strip():
             continue

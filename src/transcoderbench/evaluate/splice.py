@@ -105,7 +105,7 @@ def plan_downstream(
         site_means=means,
         mean_source=mean_source or "",
         splice_layer={run.name: additive_layer(lm, run.output_site) for run in runs},
-        # Stacking variants pays on a GPU (bigger matmuls); on CPU one at a time measured faster.
+        # Stacking variants pays on a GPU (bigger matmuls); on CPU one at a time is faster (benchmarks/downstream.py).
         variants_per_pass=variants_per_pass or (4 if lm.device.type == "cuda" else 1),
     )
     for run in runs:

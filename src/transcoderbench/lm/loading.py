@@ -4,7 +4,7 @@ Everything downstream (sites, capture, the engine) needs the same few facts abou
 its decoder blocks live, which family's site table applies, its device and dtype. They are found
 once here and carried in :class:`LanguageModel`, so no other module inspects model classes.
 
-GGUF files are dequantised by ``transformers`` (slow: ~20 s for SmolLM2-135M), so the dequantised
+GGUF files are dequantised by ``transformers`` (slow: tens of seconds for SmolLM2-135M), so the dequantised
 model is cached as an ordinary Hugging Face directory and later loads take well under a second.
 """
 
@@ -232,7 +232,7 @@ def load_language_model(
     if not spec:
         raise UserError("`model.name` is empty; give a hub id, a local directory, a .gguf file or smollm2-135m")
     models_cache = Path(cache_dir).expanduser() if cache_dir else default_cache_root() / "models"
-    common = dict(device=dev, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    common: dict[str, Any] = dict(device=dev, dtype=torch_dtype, trust_remote_code=trust_remote_code)
 
     if resolve_model_name(spec) == BUILTIN_MODEL:
         gguf = builtin_gguf_path()
@@ -306,7 +306,7 @@ def _load(
     model.eval()
     model.requires_grad_(False)
     if device.type == "cpu":
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]  # transformers' stubs type .to() for PreTrainedModel only
     layers, layer_paths = find_decoder_layers(model, name)
     return LanguageModel(
         model=model,
@@ -324,7 +324,8 @@ def _load(
 
 def find_decoder_layers(model: torch.nn.Module, name: str = "") -> tuple[torch.nn.ModuleList, list[str]]:
     """The decoder-block ``ModuleList`` and each block's module path relative to ``model``."""
-    n_layers = getattr(model.config.get_text_config(), "num_hidden_layers", None)
+    config: Any = model.config
+    n_layers = getattr(config.get_text_config(), "num_hidden_layers", None)
     candidates = list(_LAYER_CONTAINERS)
     candidates += [
         path

@@ -56,12 +56,12 @@ def decoder_redundancy(W_dec: Tensor, *, threshold: float = 0.9, block_size: int
         n_above += int((sims > threshold).triu_(diagonal=1).sum())  # pairs i < j once each
         max_abs[start:stop] = torch.maximum(max_abs[start:stop], sims.max(dim=1).values)
         max_abs[start:] = torch.maximum(max_abs[start:], sims.max(dim=0).values)
-    max_abs = max_abs.clamp_(max=1.0).cpu().double().numpy()  # rounding can give 1 + 1e-7
+    max_cos = max_abs.clamp_(max=1.0).cpu().double().numpy()  # rounding can give 1 + 1e-7
 
     n_pairs = n * (n - 1) // 2
-    n_redundant = int((max_abs > threshold).sum())  # latents with a partner above the threshold
+    n_redundant = int((max_cos > threshold).sum())  # latents with a partner above the threshold
     has_other = n > 1
-    hist, edges = np.histogram(max_abs if has_other else [], bins=HISTOGRAM_BINS, range=(0.0, 1.0))
+    hist, edges = np.histogram(max_cos if has_other else [], bins=HISTOGRAM_BINS, range=(0.0, 1.0))
     nan = float("nan")
     return {
         "threshold": float(threshold),
@@ -74,9 +74,9 @@ def decoder_redundancy(W_dec: Tensor, *, threshold: float = 0.9, block_size: int
         "redundant_latents": n_redundant,
         "redundant_latent_fraction": n_redundant / n if n else nan,
         "max_abs_cos": {
-            "mean": float(max_abs.mean()) if has_other else nan,
-            "median": float(np.median(max_abs)) if has_other else nan,
-            "quantiles": {str(q): (float(np.quantile(max_abs, q)) if has_other else nan) for q in QUANTILES},
+            "mean": float(max_cos.mean()) if has_other else nan,
+            "median": float(np.median(max_cos)) if has_other else nan,
+            "quantiles": {str(q): (float(np.quantile(max_cos, q)) if has_other else nan) for q in QUANTILES},
             "histogram": {"bin_edges": edges.tolist(), "counts": hist.tolist()},
         },
     }
