@@ -25,8 +25,9 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
+# The unit tier (under a minute): no SmolLM2, no end-to-end commands.
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not integration"
 
 # Round trips against SAELens, sparsify and circuit-tracer themselves. circuit-tracer 0.5.0 pins
 # transformers<=4.57.3 and huggingface-hub<1, which this package's transformers 5 cannot meet, so it

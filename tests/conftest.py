@@ -45,3 +45,34 @@ def tiny_lm(tiny_model_dir: Callable[[str], Path]) -> Callable[[str], LanguageMo
         return loaded[family]
 
     return get
+
+
+#: Modules that run whole commands (subprocesses, torchrun, training, spliced passes, a browser) end
+#: to end. ``make test`` runs everything; ``make test-fast`` (``-m "not slow and not integration"``)
+#: skips these and keeps the unit tier under a minute on 2 cores.
+INTEGRATION_MODULES = {
+    "test_absorption_lm",
+    "test_benchmarks",
+    "test_cli",
+    "test_cli_export",
+    "test_demo",
+    "test_distributed_eval",
+    "test_downstream",
+    "test_fuzz_configs",
+    "test_hardening",
+    "test_latents_pages",
+    "test_lm_loading",
+    "test_report_chromium",
+    "test_report_compare",
+    "test_resume_eval",
+    "test_results",
+    "test_train",
+    "test_train_distributed",
+    "test_train_safety",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module is not None and item.module.__name__ in INTEGRATION_MODULES:
+            item.add_marker(pytest.mark.integration)
