@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from transcoderbench.absorption import cache as disk_cache
+import transcoderbench.absorption.cache as disk_cache
 from transcoderbench.absorption.activations import collect
 from transcoderbench.absorption.calculator import (
     Thresholds,

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from transcoderbench.config import BootstrapOptions
+from transcoderbench.metrics.ratios import ratio_statistics
 
 METHOD = (
     "Poisson bootstrap over sequences: each resample weights every evaluated sequence by an "
@@ -119,8 +120,6 @@ def statistics(acc: Any, sums: Tensor, resampled: bool) -> dict[str, Tensor]:
     """Headline metrics of one accumulator from its column sums ``[R, K]`` (``[1, K]`` for the full sample)."""
     if hasattr(acc, "sequence_statistics"):
         return acc.sequence_statistics(sums, resampled)
-    from transcoderbench.metrics.per_sequence import ratio_statistics
-
     return ratio_statistics(acc.per_sequence_fields, getattr(acc, "ratio_metrics", {}), sums)
 
 

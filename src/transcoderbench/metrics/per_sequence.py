@@ -24,7 +24,6 @@ So every resampled FVU is exact: total variance = sum_w ||y||^2 - ||sum_w y||^2 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -33,44 +32,8 @@ from torch import Tensor
 
 from transcoderbench.metrics.base import Accumulator, TranscoderBatch
 from transcoderbench.metrics.bootstrap import BootstrapOptions, poisson_weights
+from transcoderbench.metrics.ratios import Ratio, divide, ratio_statistics
 from transcoderbench.metrics.shared import latent_counts, prefix_stats, target64, target_stats
-
-
-@dataclass(frozen=True)
-class Ratio:
-    """A metric equal to (sum over tokens of the numerator) / (sum of the denominator).
-
-    Each side is ``{column: coefficient}``: e.g. delta loss = ``Ratio({"ce_spliced": 1,
-    "ce_clean": -1}, {"n_tokens": 1})``.
-    """
-
-    numerator: dict[str, float]
-    denominator: dict[str, float]
-
-
-def _combine(fields: list[str], sums: Tensor, coefficients: dict[str, float]) -> Tensor:
-    index = {f: i for i, f in enumerate(fields)}
-    missing = set(coefficients) - set(index)
-    if missing:
-        raise KeyError(f"ratio uses unknown per-sequence columns {sorted(missing)}; columns are {fields}")
-    out = torch.zeros(sums.shape[0], dtype=torch.float64)
-    for name, c in coefficients.items():
-        out = out + float(c) * sums[:, index[name]].to(torch.float64).cpu()
-    return out
-
-
-def _divide(num: Tensor, den: Tensor) -> Tensor:
-    return torch.where(
-        den != 0, num / torch.where(den != 0, den, torch.ones_like(den)), torch.full_like(num, float("nan"))
-    )
-
-
-def ratio_statistics(fields: list[str], ratios: Mapping[str, Ratio], sums: Tensor) -> dict[str, Tensor]:
-    """Every ratio metric from column sums ``[R, k]`` (NaN where the denominator is 0)."""
-    return {
-        name: _divide(_combine(list(fields), sums, r.numerator), _combine(list(fields), sums, r.denominator))
-        for name, r in ratios.items()
-    }
 
 
 def downstream_ratios(prefix_ends: tuple[int, ...] | list[int]) -> dict[str, Ratio]:
@@ -215,18 +178,18 @@ class SequenceStats(PerSequenceAccumulator):
                 f"{sum_y.shape[0]}: use the bootstrap options the accumulator was built with"
             )
         n = col["n_tokens"]
-        total_var = col["sum_y_sq"] - _divide(sum_y.square().sum(dim=1), n)
-        fvu = _divide(col["sse"], total_var)
+        total_var = col["sum_y_sq"] - divide(sum_y.square().sum(dim=1), n)
+        fvu = divide(col["sse"], total_var)
         out = {
             "fvu": fvu,
             "explained_variance": 1.0 - fvu,
-            "mse": _divide(col["sse"], n * self.d_out),
-            "cosine_similarity": _divide(col["sum_cos"], n),
-            "l0_mean": _divide(col["l0"], n),
+            "mse": divide(col["sse"], n * self.d_out),
+            "cosine_similarity": divide(col["sum_cos"], n),
+            "l0_mean": divide(col["l0"], n),
         }
         for e in self.prefix_ends:
-            out[f"fvu@{e}"] = _divide(col[f"sse@{e}"], total_var)
-            out[f"l0_mean@{e}"] = _divide(col[f"l0@{e}"], n)
+            out[f"fvu@{e}"] = divide(col[f"sse@{e}"], total_var)
+            out[f"l0_mean@{e}"] = divide(col[f"l0@{e}"], n)
         return out
 
     def result(self) -> dict[str, Any]:

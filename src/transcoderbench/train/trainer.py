@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+import transcoderbench.train.state as resume_state
 from transcoderbench import distributed
 from transcoderbench.data import resolve_text_source
 from transcoderbench.errors import UserError
@@ -28,7 +29,6 @@ from transcoderbench.formats import save_native
 from transcoderbench.io import directory_lock
 from transcoderbench.lm import LanguageModel, load_language_model, resolve_site, site_widths
 from transcoderbench.progress import progress_bar
-from transcoderbench.train import state as resume_state
 from transcoderbench.train.buffer import ActivationBuffer
 from transcoderbench.train.config import (
     DATA_FIELDS,
