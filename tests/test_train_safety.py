@@ -209,3 +209,30 @@ def test_checkpoints_store_the_model_path_resolved(model, tmp_path, monkeypatch)
     assert main(tiny_args(model.name, out)) == 0  # a path relative to the cwd
     info = load_transcoder(str(out)).info
     assert info["model_name"] == str(model.absolute()) and info["model_given"] == model.name
+
+
+def test_a_run_that_fails_after_starting_leaves_nothing_that_blocks_the_next(tmp_path, tiny_model_dir, monkeypatch):
+    """Issue 14 item 5: a failure removes the run folder it created, unless it holds a resume state."""
+    model = tiny_model_dir("llama")
+    real_step = TranscoderTrainer.step
+    calls = {"n": 0}
+
+    def failing_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("injected failure at the third step")
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(TranscoderTrainer, "step", failing_step)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="injected"):
+        main(tiny_args(model, out))
+    assert not out.exists()
+    calls["n"] = 0
+    resumable = tmp_path / "resumable"
+    with pytest.raises(RuntimeError, match="injected"):
+        main(tiny_args(model, resumable, "--checkpoint_every", "1"))
+    assert (resumable / "resume").is_dir()  # a saved state is worth keeping: --resume continues it
+    monkeypatch.setattr(TranscoderTrainer, "step", real_step)
+    assert main(tiny_args(model, out)) == 0  # nothing blocks the next run
+    assert (out / RUN_MARKER).is_file()

@@ -413,8 +413,24 @@ def train(
     with contextlib.ExitStack() as locks:
         for c in config_list if rank0 else []:  # only rank 0 writes
             locks.enter_context(directory_lock(c.output_dir, what="run folder"))
-        run = _Run.open(configs, names, resume=resume, overwrite=overwrite, lm=lm, say=say)
-        return _loop(run)
+        new_dirs = [Path(c.output_dir) for c in config_list if rank0 and not Path(c.output_dir).exists()]
+        try:
+            run = _Run.open(configs, names, resume=resume, overwrite=overwrite, lm=lm, say=say)
+            return _loop(run)
+        except Diverged:
+            raise  # the last good checkpoint stays, as the message says
+        except BaseException:
+            _remove_unresumable(new_dirs, say)
+            raise
+
+
+def _remove_unresumable(dirs: list[Path], say: Callable[[str], None]) -> None:
+    """A run that failed leaves nothing that would block the next one: a folder it created is removed
+    unless it holds a resume state (then ``--resume`` continues it)."""
+    for d in dirs:
+        if d.is_dir() and not resume_state.resume_dir(d).is_dir():
+            shutil.rmtree(d, ignore_errors=True)
+            say(f"removed {d}: the run failed before saving anything it could resume from")
 
 
 def _loop(run: _Run) -> list[TrainResult]:
