@@ -137,20 +137,11 @@ def prefix_curves(metrics: Results) -> Plot | None:
     if absorption:
         _absorption_panel(axes[-1], absorption, names)
     for key, label, ax in panels:
-        for name, r in rows.items():
-            pts = [(p.prefix_end, p.values[key], p.interval(key)) for p in r if p.value(key) is not None]
-            if not pts:
-                continue
-            style = _style(names.index(name))
-            ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], label=name, **style)
-            for x, y, iv in pts:
-                err = _err(iv, y)
-                if err:
-                    ax.errorbar([x], [y], yerr=err, color=style["color"], capsize=3, linewidth=1)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("latents in the prefix (first N)")
-        ax.set_ylabel(label)
-        ax.legend(fontsize=8)
+        series = {
+            name: [(p.prefix_end, p.values[key], p.interval(key)) for p in r if p.value(key) is not None]
+            for name, r in rows.items()
+        }
+        _prefix_panel(ax, {n: pts for n, pts in series.items() if pts}, names, label)
     return Plot(
         "Matryoshka prefix curves",
         _png(fig),
@@ -176,7 +167,14 @@ def absorption_prefixes(m: TranscoderResult) -> list[tuple[int, float, Interval 
 
 
 def _absorption_panel(ax: Any, found: dict[str, list[tuple[int, float, Interval | None]]], names: list[str]) -> None:
-    for name, pts in found.items():
+    _prefix_panel(ax, found, names, "mean absorption fraction")
+
+
+def _prefix_panel(
+    ax: Any, series: dict[str, list[tuple[int, float, Interval | None]]], names: list[str], label: str
+) -> None:
+    """One metric against the prefix size, a line per transcoder with its intervals as error bars."""
+    for name, pts in series.items():
         style = _style(names.index(name))
         ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], label=name, **style)
         for x, y, iv in pts:
@@ -185,7 +183,7 @@ def _absorption_panel(ax: Any, found: dict[str, list[tuple[int, float, Interval 
                 ax.errorbar([x], [y], yerr=err, color=style["color"], capsize=3, linewidth=1)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("latents in the prefix (first N)")
-    ax.set_ylabel("mean absorption fraction")
+    ax.set_ylabel(label)
     ax.legend(fontsize=8)
 
 
