@@ -236,3 +236,19 @@ def test_a_run_that_fails_after_starting_leaves_nothing_that_blocks_the_next(tmp
     monkeypatch.setattr(TranscoderTrainer, "step", real_step)
     assert main(tiny_args(model, out)) == 0  # nothing blocks the next run
     assert (out / RUN_MARKER).is_file()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--seed", "1e20", "must be between 0 and"),
+        ("--token_budget", "100000000000000000000", "must be at most"),
+        ("--dict_size", "100000000000", "must be at most"),
+    ],
+)
+def test_huge_train_numbers_are_one_line_errors_before_anything(tmp_path, model, capsys, flag, value, message):
+    out = tmp_path / "run"
+    assert main(tiny_args(model, out, flag, value)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err and err.count("\n") == 1
+    assert not out.exists()

@@ -21,8 +21,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from transcoderbench.config import MAX_COUNT, MAX_SEED, field_types, opt
 from transcoderbench.config import coerce as coerce_value
-from transcoderbench.config import field_types, opt
 from transcoderbench.errors import UserError
 
 ARCHITECTURE_CHOICES = ("matryoshka", "batchtopk", "topk")
@@ -330,6 +330,12 @@ def make_config(values: dict[str, Any], where: str = "config") -> TrainConfig:
     return config
 
 
+#: Settings counted in tokens may exceed :data:`MAX_COUNT` (hundreds of millions of training tokens).
+TOKEN_COUNTS = frozenset({"token_budget", "dataset_tokens", "buffer_tokens", "dead_window"})
+#: 10^13 tokens: far beyond any real run, small enough that step counts stay exact integers.
+MAX_TOKENS = 10**13
+
+
 def validate(c: TrainConfig) -> None:
     """One-line errors for settings that cannot work, before any model is loaded."""
     positive = (
@@ -349,6 +355,12 @@ def validate(c: TrainConfig) -> None:
     for name in ("warmup_steps", "checkpoint_every", "log_every", "dataset_tokens"):
         if getattr(c, name) < 0:
             raise UserError(f"--{name} {getattr(c, name)}: must be 0 or more")
+    for name in (*positive, "warmup_steps", "checkpoint_every", "log_every", "dataset_tokens"):
+        limit = MAX_TOKENS if name in TOKEN_COUNTS else MAX_COUNT
+        if getattr(c, name) > limit:
+            raise UserError(f"{flag_of(name)} {getattr(c, name)}: must be at most {limit:.0e}")
+    if not 0 <= c.seed <= MAX_SEED:
+        raise UserError(f"--seed {c.seed}: must be between 0 and {MAX_SEED}")
     if c.architecture not in ARCHITECTURE_CHOICES:
         raise UserError(f"--architecture {c.architecture}: choose one of {', '.join(ARCHITECTURE_CHOICES)}")
     if c.decay not in DECAY_CHOICES:
