@@ -14,7 +14,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-__all__ = ["barrier", "destroy", "init_from_env", "is_rank0", "rank", "rank_device", "uses_cuda", "world_size"]
+__all__ = ["barrier", "destroy", "init_from_env", "is_rank0", "rank", "rank_device", "world_size"]
 
 #: Ranks may wait this long for rank 0 (e.g. while it alone measures absorption).
 TIMEOUT = timedelta(hours=6)
@@ -36,10 +36,6 @@ def init_from_env() -> tuple[int, int, int]:
     if _initialized():
         return dist.get_rank(), dist.get_world_size(), local_rank
     return int(os.environ.get("RANK", "0")), world, local_rank
-
-
-def uses_cuda(device: str) -> bool:
-    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
 
 
 def rank_device(device: str) -> str:
