@@ -354,6 +354,8 @@ def test_absorption_command_writes_json(tmp_path, tiny_model_dir):
         "60",
         "--absorption-test-words",
         "20",
+        "--absorption-fit-tokens",
+        "1000",
         "--absorption-cache-dir",
         str(tmp_path / "cache"),
         "--output_dir",
@@ -364,7 +366,9 @@ def test_absorption_command_writes_json(tmp_path, tiny_model_dir):
     result = record["results"]["ours"]
     assert result["mode"] == MODE_TRANSCODER and (result["n_train_words"], result["n_test_words"]) == (60, 20)
     assert record["meta"]["model"]["source"] == str(model)
-    assert result["input_decoder"]["n_words"] == 80 and result["bootstrap"]["resamples"] == 1000
+    fit = result["input_decoder"]
+    assert (fit["n_text_tokens"], fit["n_train_words"], fit["n_rows"]) == (1000, 60, 1060)
+    assert result["bootstrap"]["resamples"] == 1000 and record["meta"]["options"]["absorption_fit_tokens"] == 1000
     assert str(tmp_path / "out" / "absorption.json") in proc.stdout
     assert (tmp_path / "out" / "absorption.txt").read_text().strip()
 
@@ -405,3 +409,31 @@ def test_smollm2_shared_prefix_matches_whole_prompts_at_layer_10():
         shared = collect(lm, site, contexts, batch_size=8, show_progress=False)
         scale = reference.abs().max()
         torch.testing.assert_close(shared / scale, reference / scale, rtol=0, atol=1e-4)
+
+
+def test_input_decoder_text_is_streamed_once_for_every_transcoder_on_the_site(planted):
+    """``text_equations`` reads exactly the token budget, skips BOS, and equals one fit over the same tokens."""
+    from transcoderbench.absorption.input_decoder import NormalEquations
+    from transcoderbench.absorption.run import latent_activations, seen_inputs
+    from transcoderbench.absorption.text_fit import SEQ_LEN, text_equations
+    from transcoderbench.data import resolve_text_source, token_batches
+    from transcoderbench.lm import capture
+
+    lm, u, v, *_ = planted
+    site = resolve_site(lm, "blocks.1.hook_mlp_in")
+    tcs = {"a": planted_transcoder(u, v, True), "b": planted_transcoder(u, v, False)}
+    source = resolve_text_source(None)
+    encode = lambda tc, x: (latent_activations(tc, x), seen_inputs(tc, x))  # noqa: E731
+    equations, n = text_equations(lm, site, tcs, source, n_tokens=300, batch_size=2, encode=encode, show_progress=False)
+    assert n == 300 and all(eq.n_rows == 300 for eq in equations.values())
+    rows = []
+    for batch in token_batches(source, lm.tokenizer, seq_len=SEQ_LEN, batch_size=2, n_batches=2):
+        got = capture(lm, batch.input_ids, batch.attention_mask, [site])[site.name]
+        assert not batch.keep[:, 0].any()  # BOS is never a fitting row
+        rows.append(got.reshape(-1, got.shape[-1])[batch.keep.reshape(-1)])
+    x = torch.cat(rows)[:300]
+    for name, tc in tcs.items():
+        reference = NormalEquations(tc.d_sae, tc.d_in)
+        reference.update(*encode(tc, x))
+        for field in ("gram", "cross", "act_sum", "input_sum"):
+            torch.testing.assert_close(getattr(equations[name], field), getattr(reference, field), rtol=1e-9, atol=1e-9)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
 import transcoderbench.absorption.input_decoder as input_decoder
 from test_absorption import OPTIONS, S_TEST, data, letter_transcoder, synthetic  # noqa: F401 (fixtures)
 from transcoderbench.absorption.calculator import Thresholds, word_absorption
-from transcoderbench.absorption.input_decoder import normal_equations, solve_input_decoder
+from transcoderbench.absorption.input_decoder import NormalEquations, fvu, solve_input_decoder
 from transcoderbench.absorption.run import MODE_SAE, MODE_TRANSCODER, latent_geometry, score_transcoder
 from transcoderbench.absorption.summary import summary_lines
 from transcoderbench.transcoders import JumpReLUTranscoder, TopKTranscoder
@@ -61,10 +62,15 @@ def toy_words() -> torch.Tensor:
     return torch.stack(xs)
 
 
+def fit(acts: torch.Tensor, x: torch.Tensor, **kwargs):
+    eq = NormalEquations(acts.shape[1], x.shape[1])
+    eq.update(acts.detach(), x)
+    return eq, solve_input_decoder(eq, **kwargs)
+
+
 def shares(tc: JumpReLUTranscoder, words: torch.Tensor, x_fit: torch.Tensor):
     """(word absorption, D_in, acts) of ``words`` for the parent, input decoder fitted on ``x_fit``."""
-    eq = normal_equations([tc.encode(x_fit)], [x_fit])
-    D_in = solve_input_decoder(eq, tc.d_sae)
+    D_in = fit(tc.encode(x_fit), x_fit)[1].rows
     p = basis()["p"]
     scale, cos = latent_geometry(D_in, p, MODE_TRANSCODER)
     acts = tc.encode(words).detach()
@@ -107,9 +113,9 @@ def test_rescaling_a_latent_changes_nothing():
 
 
 def test_shares_plus_residual_equal_the_probe_projection():
-    """Additivity: sum_i a_i <D_in[i], p> + <error, p> = P for every word, whatever the data."""
+    """Additivity: sum_i a_i <D_in[i], p> + <b, p> + <error, p> = P for every word, whatever the data."""
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(300, DIM, generator=g, dtype=torch.float64)
+    x = torch.randn(300, DIM, generator=g, dtype=torch.float64) + 2.0  # an offset for the intercept
     tc = TopKTranscoder(
         torch.randn(DIM, 40, generator=g, dtype=torch.float64),
         torch.zeros(40, dtype=torch.float64),
@@ -120,47 +126,57 @@ def test_shares_plus_residual_equal_the_probe_projection():
         k=4,
     )
     acts = tc.encode(x).detach()
-    eq = normal_equations([acts], [x])
-    D_in = solve_input_decoder(eq, tc.d_sae)
+    decoder = fit(acts, x)[1]
     p = torch.randn(DIM, generator=g, dtype=torch.float64)
     p /= p.norm()
-    scale, cos = latent_geometry(D_in, p, MODE_TRANSCODER)
+    scale, cos = latent_geometry(decoder.rows, p, MODE_TRANSCODER)
     result = word_absorption(acts, scale, cos, x @ p, [0, 1])
-    error = x - acts @ D_in
-    torch.testing.assert_close(result.total_projection + error @ p, x @ p, rtol=0, atol=1e-10)
-    # least squares: the error is orthogonal to every latent's activations (up to the small ridge)
+    error = x - acts @ decoder.rows - decoder.bias
+    torch.testing.assert_close(result.total_projection + decoder.bias @ p + error @ p, x @ p, rtol=0, atol=1e-10)
+    # least squares: the error is orthogonal to every latent's activations (up to the small ridge) and sums to 0
     assert (acts.T @ error).abs().max() < 1e-3 * (acts.T @ x).abs().max()
+    assert error.sum(0).abs().max() < 1e-8 * x.abs().sum()
     # in SAE mode (cosines of rows that are not unit-norm) the same sum does not hold
-    scale_sae, _ = latent_geometry(D_in, p, MODE_SAE)
-    assert not torch.allclose((acts * scale_sae).sum(1) + error @ p, x @ p, atol=1e-3)
+    scale_sae, _ = latent_geometry(decoder.rows, p, MODE_SAE)
+    assert not torch.allclose((acts * scale_sae).sum(1) + decoder.bias @ p + error @ p, x @ p, atol=1e-3)
 
 
-@pytest.mark.parametrize("dense_active", [0, 4096])
-def test_streamed_fit_equals_a_dense_least_squares_reference(monkeypatch, dense_active):
-    """The chunked normal equations (scattered or in dense blocks) give the ridge least-squares solution."""
-    monkeypatch.setattr(input_decoder, "ROWS", 7)
-    monkeypatch.setattr(input_decoder, "DENSE_ACTIVE", dense_active)
+def ridge_reference(acts: torch.Tensor, x: torch.Tensor, ridge: float, keep: list[int]):
+    """(rows of ``keep``, intercept) by numpy least squares on the augmented system (independent of the code)."""
+    a = acts[:, keep].numpy()
+    design = np.hstack([a, np.ones((a.shape[0], 1))])
+    penalty = np.hstack([np.diag(np.sqrt(ridge * (a**2).sum(0))), np.zeros((len(keep), 1))])
+    target = np.vstack([x.numpy(), np.zeros((len(keep), x.shape[1]))])
+    solution = np.linalg.lstsq(np.vstack([design, penalty]), target, rcond=None)[0]
+    return torch.from_numpy(solution[:-1]), torch.from_numpy(solution[-1])
+
+
+@pytest.mark.parametrize("rows_per_step", [7, 4096])
+def test_streamed_fit_equals_a_least_squares_reference(monkeypatch, rows_per_step):
+    """The chunked sparse normal equations give the ridge least-squares solution with an intercept."""
+    monkeypatch.setattr(input_decoder, "ROWS", rows_per_step)
     g = torch.Generator().manual_seed(2)
     n, d_sae, ridge = 120, 30, 1e-2
-    x = torch.randn(n, DIM, generator=g, dtype=torch.float64)
+    x = torch.randn(n, DIM, generator=g, dtype=torch.float64) + 1.0
     acts = torch.relu(torch.randn(n, d_sae, generator=g, dtype=torch.float64) - 1.0)
     acts[:, 5] = 0.0  # a latent that never fires gets a zero row
-    eq = normal_equations([acts[:50], acts[50:]], [x[:50], x[50:]])
-    D_in = solve_input_decoder(eq, d_sae, ridge=ridge)
-    assert D_in[5].abs().max() == 0 and eq.n_words == n
+    eq = NormalEquations(d_sae, DIM)
+    eq.update(acts[:50], x[:50])
+    eq.update(acts[50:], x[50:])
+    full = solve_input_decoder(eq, ridge=ridge)
+    assert full.rows[5].abs().max() == 0 and eq.n_rows == n
     # a nested prefix is the same fit restricted to its latents
-    D_prefix = solve_input_decoder(eq, d_sae, ridge=ridge, prefix_end=12)
-    assert D_prefix[12:].abs().max() == 0
-    for rows, end in ((D_in, d_sae), (D_prefix, 12)):
+    prefix = solve_input_decoder(eq, ridge=ridge, prefix_end=12)
+    assert prefix.rows[12:].abs().max() == 0
+    for decoder, end in ((full, d_sae), (prefix, 12)):
         keep = [i for i in range(end) if i != 5]
-        A = torch.cat([acts[:, keep], torch.diag((ridge * (acts[:, keep] ** 2).sum(0)).sqrt())])
-        reference = torch.linalg.lstsq(A, torch.cat([x, torch.zeros(len(keep), DIM, dtype=torch.float64)])).solution
-        torch.testing.assert_close(rows[keep], reference, rtol=1e-8, atol=1e-10)
-    # only <D_in[i], p> enters the shares: the vector solve (G + ridge diag G) c = A^T (X p) gives the same
-    p = torch.randn(DIM, generator=g, dtype=torch.float64)
-    G = acts.T @ acts
-    c = torch.linalg.solve(G + ridge * torch.diag(G.diag()) + torch.diag((G.diag() == 0).double()), acts.T @ (x @ p))
-    torch.testing.assert_close(D_in @ p, c, rtol=1e-8, atol=1e-10)
+        rows, bias = ridge_reference(acts, x, ridge, keep)
+        torch.testing.assert_close(decoder.rows[keep], rows, rtol=1e-8, atol=1e-10)
+        torch.testing.assert_close(decoder.bias, bias, rtol=1e-8, atol=1e-10)
+        # the reported FVU is the fraction of variance this fit leaves (numpy reference)
+        residual = x[:, :].numpy() - acts[:, keep].numpy() @ rows.numpy() - bias.numpy()
+        expected = (residual**2).sum() / ((x.numpy() - x.numpy().mean(0)) ** 2).sum()
+        assert fvu(decoder, acts[:, :end], x) == pytest.approx(expected, rel=1e-9)
 
 
 # ----------------------------------------------------------------------- through score_transcoder
@@ -197,8 +213,46 @@ def test_matryoshka_prefixes_choose_main_latents_within_the_prefix(data, synthet
     assert f"per nested prefix (latents: fraction / full rate): 13: {first['mean_absorption_fraction']:.3f}" in text
 
 
+def text_rows(tc, n: int = 400):
+    """Normal equations over ``n`` "text" rows on which no latent fires (they pin the intercept down)."""
+    x = 0.1 * torch.randn(n, tc.d_in, generator=torch.Generator().manual_seed(9))
+    eq = NormalEquations(tc.d_sae, tc.d_in)
+    eq.update(tc.encode(x).detach(), x)
+    return eq, x
+
+
+def test_scored_words_are_held_out_of_the_input_decoder_fit(data, synthetic):  # noqa: F811
+    """The fit sees the text rows and the training words only; its held-out FVU is numpy's on the test words."""
+    tc = letter_transcoder(synthetic, absorber=True)
+    eq, x_text = text_rows(tc)
+    result = score_transcoder(tc, data, OPTIONS, MODE_TRANSCODER, equations=eq, n_text_tokens=len(x_text))
+    record = result["input_decoder"]
+    assert (record["n_text_tokens"], record["n_train_words"]) == (len(x_text), len(data.train_words))
+    assert record["n_rows"] == len(x_text) + len(data.train_words)
+    x_fit = torch.cat([x_text, data.x_train]).double()
+    acts = tc.encode(x_fit.float()).detach().double()
+    rows, bias = ridge_reference(acts, x_fit, OPTIONS.absorption_input_decoder_ridge, list(range(tc.d_sae)))
+    x_test = data.x_test.double()
+    residual = (x_test - tc.encode(data.x_test).detach().double() @ rows - bias).numpy()
+    expected = (residual**2).sum() / ((x_test - x_test.mean(0)).numpy() ** 2).sum()
+    assert record["heldout_fvu"] == pytest.approx(expected, rel=1e-6)
+    assert record["heldout_fvu"] < 0.1 and record["warning"] == ""  # the planted latents do carry the input
+
+
+def test_a_poor_or_thin_fit_is_flagged(data, synthetic):  # noqa: F811
+    """Training words only (no text), a tenth of them: 3 rows per latent, and a warning says to raise the text budget."""
+    few = dataclasses.replace(
+        data, train_words=data.train_words[::10], x_train=data.x_train[::10], y_train=data.y_train[::10]
+    )
+    result = score_transcoder(letter_transcoder(synthetic, absorber=True), few, OPTIONS, MODE_TRANSCODER)
+    assert "absorption_fit_tokens" in result["input_decoder"]["warning"]
+    assert "caution:" in "\n".join(summary_lines("thin", result))
+
+
 def test_letter_diagnostics_and_per_word_values(data, synthetic):  # noqa: F811
-    result = score_transcoder(letter_transcoder(synthetic, absorber=True), data, OPTIONS, MODE_TRANSCODER)
+    tc = letter_transcoder(synthetic, absorber=True)
+    eq, x_text = text_rows(tc)
+    result = score_transcoder(tc, data, OPTIONS, MODE_TRANSCODER, equations=eq, n_text_tokens=len(x_text))
     for c in result["letters_scored"]:
         entry = result["per_letter"][c]
         n = entry["n_probe_true_positives"]
@@ -214,7 +268,7 @@ def test_letter_diagnostics_and_per_word_values(data, synthetic):  # noqa: F811
     # 'a': the parent carries nothing on the two absorbed words, everything on the others
     a = result["per_letter"]["a"]
     assert a["main_share"] < result["per_letter"]["b"]["main_share"]
-    assert result["input_decoder"]["n_words"] == len(data.train_words) + len(data.test_words)
+    assert result["input_decoder"]["intercept"]
     iv = result["intervals"]["mean_absorption_fraction"]
     assert iv["low"] <= result["mean_absorption_fraction"] <= iv["high"]
 

@@ -32,6 +32,7 @@ __all__ = [
     "LatentsConfig",
     "ModelConfig",
     "SelectConfig",
+    "TextConfig",
     "coerce",
     "field_types",
     "model_record",
@@ -89,17 +90,23 @@ class ModelConfig:
 
 
 @dataclass
-class DataConfig:
-    """Which tokens to read and how to batch them."""
+class TextConfig:
+    """Which text to read"""
 
     dataset: str | None = opt(
         None,
-        "text to evaluate on: a Hugging Face dataset id (streamed), a local .txt/.jsonl file or folder. "
+        "text to read: a Hugging Face dataset id (streamed), a local .txt/.jsonl file or folder. "
         "Default: the built-in corpus (Python's pydoc topics)",
     )
     text_field: str = opt("text", "field holding the text in .jsonl files and datasets")
     dataset_config: str | None = opt(None, "configuration (subset) of a Hugging Face dataset, e.g. sample-10BT")
     dataset_split: str = opt("train", "split of a Hugging Face dataset")
+
+
+@dataclass
+class DataConfig(TextConfig):
+    """Which tokens to read and how to batch them."""
+
     batches: int = opt(1000, "number of batches to read (stops earlier if the dataset runs out)")
     batch_size: int = opt(8, "sequences per batch")
     seq_len: int = opt(128, "tokens per sequence, BOS included")
@@ -188,6 +195,10 @@ CPU_TEST_WORDS = 1000
 CPU_WORDS_PER_CONTEXT = 32
 CPU_BATCH_SIZE = 32
 GPU_BATCH_SIZE = 64  # SAEBench's batch size for collecting probe activations
+#: Text tokens the transcoder-mode input decoder is fitted on (with the training words), by device.
+#: On SmolLM2 65,536 tokens are ~28 rows per latent at 2,304 latents and take ~35 s here.
+CPU_FIT_TOKENS = 65_536
+GPU_FIT_TOKENS = 1_048_576
 
 
 @dataclass
@@ -249,6 +260,11 @@ class AbsorptionOptions:
         None, "cache folder (default: $TRANSCODERBENCH_CACHE/absorption or ~/.cache/transcoderbench/absorption)"
     )
     absorption_input_decoder_ridge: float = opt(1e-4, "transcoders: ridge of the fitted input decoder, per latent")
+    absorption_fit_tokens: int | None = opt(
+        None,
+        "transcoders: text tokens (from --dataset) the input decoder is fitted on, besides the training words; "
+        "default 65,536 on CPU, 1,048,576 on GPU; 0: training words only",
+    )
     absorption_bootstrap_resamples: int = opt(1000, "bootstrap resamples of the words for intervals; 0: none")
     absorption_bootstrap_seed: int = opt(0, "seed of the bootstrap over words")
 
@@ -269,6 +285,9 @@ class AbsorptionOptions:
             absorption_batch_size=self.absorption_batch_size
             if self.absorption_batch_size is not None
             else (GPU_BATCH_SIZE if gpu else CPU_BATCH_SIZE),
+            absorption_fit_tokens=self.absorption_fit_tokens
+            if self.absorption_fit_tokens is not None
+            else (GPU_FIT_TOKENS if gpu else CPU_FIT_TOKENS),
         )
         filled.check()
         return filled
@@ -294,6 +313,8 @@ class AbsorptionOptions:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise UserError(f"--{name.replace('_', '-')} {value}: must be 0 (all words) or more")
+        if self.absorption_fit_tokens is not None:
+            check_range(self.absorption_fit_tokens, "absorption.absorption_fit_tokens", 0, MAX_COUNT)
         for name in ("absorption_seed", "absorption_bootstrap_seed"):
             check_range(getattr(self, name), f"absorption.{name}", 0, MAX_SEED)
         for name, value in {
@@ -372,9 +393,13 @@ class EvalConfig:
 
 @dataclass
 class AbsorptionConfig:
-    """Everything the ``absorption`` command needs besides the transcoders (no text corpus: the prompts are built in)."""
+    """Everything the ``absorption`` command needs besides the transcoders.
+
+    The prompts are built in; ``data`` is the text a transcoder's input decoder is fitted on.
+    """
 
     model: ModelConfig = field(default_factory=ModelConfig)
+    data: TextConfig = field(default_factory=TextConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     absorption: AbsorptionOptions = field(default_factory=AbsorptionOptions)
     progress: bool = opt(True, "show progress bars")

@@ -3,7 +3,8 @@
 Flow for each probe site (a transcoder's input site; transcoders that share it share everything
 here): letter-only vocabulary -> seeded split -> prompts -> activations at the word tokens ->
 ground-truth probe -> test F1 per letter. Then per transcoder: latent activations -> (transcoder
-mode) the input decoder fitted on them -> per nested prefix: L1 probe ranking -> k-sparse probing
+mode) the input decoder fitted on text tokens and the training words, the test words held out
+(:mod:`text_fit`, :mod:`input_decoder`) -> per nested prefix: L1 probe ranking -> k-sparse probing
 (main latents) -> per-word absorption on the test words that the probe calls positive -> per-letter
 and overall means over the letters whose probe is good enough, with bootstrap intervals over words.
 """
@@ -31,7 +32,7 @@ from transcoderbench.absorption.calculator import (
     WordAbsorption,
     word_absorption,
 )
-from transcoderbench.absorption.input_decoder import normal_equations, solve_input_decoder
+from transcoderbench.absorption.input_decoder import NormalEquations, fvu, solve_input_decoder
 from transcoderbench.absorption.ksparse import k_sparse_probe, rank_latents
 from transcoderbench.absorption.options import AbsorptionOptions
 from transcoderbench.absorption.probe import (
@@ -41,6 +42,7 @@ from transcoderbench.absorption.probe import (
     train_probe,
 )
 from transcoderbench.absorption.prompts import build_contexts
+from transcoderbench.absorption.text_fit import text_equations
 from transcoderbench.absorption.uncertainty import CONFIDENCE, headline_intervals
 from transcoderbench.absorption.uncertainty import METHOD as BOOTSTRAP_METHOD
 from transcoderbench.absorption.vocab import (
@@ -50,6 +52,8 @@ from transcoderbench.absorption.vocab import (
     letter_vocabulary,
     split_words,
 )
+from transcoderbench.config import TextConfig
+from transcoderbench.data import resolve_text_source
 from transcoderbench.distributed import barrier, is_rank0
 from transcoderbench.errors import UserError
 from transcoderbench.lm import LanguageModel, Site, resolve_site
@@ -60,8 +64,13 @@ MODE_SAE = "sae_decoder"
 MODE_TRANSCODER = "transcoder_input_decoder"
 PROJECTIONS = {
     MODE_SAE: "activation * cos(W_dec[i], probe)  (SAEBench)",
-    MODE_TRANSCODER: "activation * <D_in[i], probe>, D_in fitted by least squares (x ~ activations @ D_in)",
+    MODE_TRANSCODER: "activation * <D_in[i], probe>, D_in fitted by least squares (x ~ activations @ D_in + b) "
+    "on text tokens and the training words; the scored test words are held out",
 }
+#: Held-out FVU of the input decoder above which the shares are flagged as uncertain.
+POOR_FIT_FVU = 0.5
+#: Fewer fitted rows per fitted latent than this are flagged too (the fit nears interpolation).
+MIN_ROWS_PER_LATENT = 10
 #: The L1 latent probe's optimiser settings (SAEBench's ``train_sparse_multi_probe`` defaults).
 SPARSE_LR = 0.01
 SPARSE_WEIGHT_DECAY = 1e-6
@@ -378,13 +387,18 @@ def score_transcoder(
     options: AbsorptionOptions,
     mode: str,
     *,
+    equations: NormalEquations | None = None,
+    n_text_tokens: int = 0,
     show_progress: bool = False,
     desc: str = "absorption",
 ) -> dict[str, Any]:
     """The JSON-ready absorption result of one transcoder on prepared probe data.
 
-    A Matryoshka transcoder is also scored per nested prefix (``prefixes``): only the prefix's
-    latents exist, its main latents are chosen among them and its input decoder is fitted on them.
+    Transcoder mode: ``equations`` holds the text tokens' sums (:func:`text_equations`; None: no
+    text, ``n_text_tokens`` of them); the training words are added and the test words, the ones
+    scored, stay out of the fit. A Matryoshka transcoder is also scored per nested prefix
+    (``prefixes``): only the prefix's latents exist, its main latents are chosen among them and
+    its input decoder is fitted on them.
     """
     start = time.perf_counter()
     if data.x_train.shape[1] != tc.d_in:
@@ -396,22 +410,20 @@ def score_transcoder(
     with torch.no_grad():
         train_latents = latent_activations(tc, data.x_train)
         test_latents = latent_activations(tc, data.x_test)
-    equations = None
     if mode != MODE_SAE:
-        equations = normal_equations(
-            [train_latents, test_latents],
-            [
-                seen_inputs(tc, data.x_train).to(train_latents.device),
-                seen_inputs(tc, data.x_test).to(test_latents.device),
-            ],
-        )
+        if equations is None:
+            equations = NormalEquations(tc.d_sae, tc.d_in, device=train_latents.device)
+        equations.update(train_latents, seen_inputs(tc, data.x_train))
     ends = tuple(tc.prefix_ends)
     scored_prefixes = []
+    heldout: list[float | None] = []
     for end in ends:
         if equations is None:
             rows = tc.W_dec.detach()[:end]
         else:
-            rows = solve_input_decoder(equations, end, ridge=options.absorption_input_decoder_ridge, prefix_end=end)
+            decoder = solve_input_decoder(equations, ridge=options.absorption_input_decoder_ridge, prefix_end=end)
+            rows = decoder.rows[:end]
+            heldout.append(fvu(decoder, test_latents[:, :end], seen_inputs(tc, data.x_test)))
         label = desc if len(ends) == 1 else f"{desc} (prefix {end})"
         scored_prefixes.append(
             _score_latents(
@@ -421,17 +433,48 @@ def score_transcoder(
     per_letter, scored = scored_prefixes[-1]
     result = _summarise(tc, data, options, mode, per_letter, scored, 0.0)
     if equations is not None:
-        result["input_decoder"] = {
-            "ridge": options.absorption_input_decoder_ridge,
-            "n_words": equations.n_words,
-            "n_latents_fitted": int(equations.active.numel()),
-        }
+        result["input_decoder"] = _fit_record(equations, options, n_text_tokens, len(data.train_words), heldout[-1])
     if len(ends) > 1:
         result["prefixes"] = [
             _prefix_summary(data, options, end, pl, sc) for end, (pl, sc) in zip(ends, scored_prefixes)
         ]
+        for entry, value in zip(result["prefixes"], heldout):
+            entry["input_decoder_heldout_fvu"] = value
     result["wall_time_s"] = time.perf_counter() - start
     return result
+
+
+def _fit_record(
+    equations: NormalEquations,
+    options: AbsorptionOptions,
+    n_text_tokens: int,
+    n_train_words: int,
+    heldout: float | None,
+) -> dict[str, Any]:
+    """What the input decoder was fitted on, how well it reconstructs the held-out words, and a warning if poorly."""
+    n_latents = int(equations.active.numel())
+    warnings = []
+    if heldout is None or heldout > POOR_FIT_FVU:
+        shown = "no variance" if heldout is None else f"FVU {heldout:.2f}"
+        warnings.append(
+            f"the fitted input decoder reconstructs the held-out test words poorly ({shown}), so how the letter "
+            "splits between latents is uncertain: the latents do not carry much of the input there"
+        )
+    if equations.n_rows < MIN_ROWS_PER_LATENT * n_latents:
+        warnings.append(
+            f"the input decoder was fitted on {equations.n_rows} rows for {n_latents} latents (under "
+            f"{MIN_ROWS_PER_LATENT} per latent); raise absorption.absorption_fit_tokens"
+        )
+    return {
+        "ridge": options.absorption_input_decoder_ridge,
+        "intercept": True,
+        "n_text_tokens": n_text_tokens,
+        "n_train_words": n_train_words,
+        "n_rows": equations.n_rows,
+        "n_latents_fitted": n_latents,
+        "heldout_fvu": heldout,
+        "warning": "; ".join(warnings),
+    }
 
 
 def _score_latents(
@@ -643,29 +686,46 @@ def run_absorption(
     transcoders: dict[str, Transcoder],
     options: AbsorptionOptions,
     *,
+    text: TextConfig | None = None,
+    trust_remote_code: bool = False,
     log: Callable[[str], None] | None = None,
     show_progress: bool = True,
 ) -> dict[str, dict]:
     """First-letter absorption of every transcoder: ``name -> JSON-ready result``.
 
     Transcoders that read the same site share one probe and one set of activations (one LM
-    pass per site, cached on disk across runs). The headline numbers are None, with ``note``
-    saying why and listing the probe F1 per letter, when fewer than
-    ``absorption_min_letters`` letters can be scored.
+    pass per site, cached on disk across runs), and one pass over ``text`` (default: the built-in
+    corpus) for their input decoders. The headline numbers are None, with ``note`` saying why and
+    listing the probe F1 per letter, when fewer than ``absorption_min_letters`` letters can be scored.
     """
     say = log or (lambda msg: print(msg, file=sys.stderr))
     resolved = options.resolved(lm.device.type)
     plans = {name: sites_of(lm, tc) for name, tc in transcoders.items()}
     by_site: dict[str, ProbeData] = {}
+    fits: dict[str, tuple[NormalEquations, int]] = {}
     results: dict[str, dict] = {}
     for name, tc in transcoders.items():
         input_site, _, mode = plans[name]
         site_id = repr(disk_cache.site_key(input_site))
         if site_id not in by_site:
             by_site[site_id] = build_probe_data(lm, input_site, resolved, log=say, show_progress=show_progress)
-        data = by_site[site_id]
+            fitted = {
+                other: transcoders[other]
+                for other, (other_site, _, other_mode) in plans.items()
+                if other_mode == MODE_TRANSCODER and repr(disk_cache.site_key(other_site)) == site_id
+            }
+            if fitted:
+                fits.update(_fit_on_text(lm, input_site, fitted, resolved, text, trust_remote_code, say, show_progress))
+        equations, n_tokens = fits.pop(name, (None, 0))
         results[name] = score_transcoder(
-            tc, data, resolved, mode, show_progress=show_progress, desc=f"absorption: {name}"
+            tc,
+            by_site[site_id],
+            resolved,
+            mode,
+            equations=equations,
+            n_text_tokens=n_tokens,
+            show_progress=show_progress,
+            desc=f"absorption: {name}",
         )
         summary = results[name]
         if summary["mean_absorption_fraction"] is None:
@@ -679,11 +739,52 @@ def run_absorption(
     return results
 
 
+def _fit_on_text(
+    lm: LanguageModel,
+    site: Site,
+    transcoders: dict[str, Transcoder],
+    options: AbsorptionOptions,
+    text: TextConfig | None,
+    trust_remote_code: bool,
+    say: Callable[[str], None],
+    show_progress: bool,
+) -> dict[str, tuple[NormalEquations, int]]:
+    """The text part of each transcoder's input-decoder fit at ``site``: one truncated LM pass for all of them."""
+    text = text or TextConfig()
+    budget = options.absorption_fit_tokens or 0
+    start = time.perf_counter()
+    source = resolve_text_source(
+        text.dataset,
+        text_field=text.text_field,
+        split=text.dataset_split,
+        dataset_config=text.dataset_config,
+        trust_remote_code=trust_remote_code,
+    )
+    equations, n_tokens = text_equations(
+        lm,
+        site,
+        transcoders,
+        source,
+        n_tokens=budget,
+        batch_size=options.absorption_batch_size or 1,
+        encode=lambda tc, x: (latent_activations(tc, x), seen_inputs(tc, x)),
+        show_progress=show_progress,
+    )
+    if budget:
+        say(
+            f"absorption: input decoders fitted on {n_tokens:,} tokens of {source.name} at {site.name} "
+            f"and the training words ({time.perf_counter() - start:.1f} s)"
+        )
+    return {name: (eq, n_tokens) for name, eq in equations.items()}
+
+
 def run_absorption_rank0(
     lm: LanguageModel,
     transcoders: dict[str, Transcoder],
     options: AbsorptionOptions,
     *,
+    text: TextConfig | None = None,
+    trust_remote_code: bool = False,
     log: Callable[[str], None] | None = None,
     show_progress: bool = True,
 ) -> dict[str, dict]:
@@ -693,6 +794,18 @@ def run_absorption_rank0(
     disk), and its probes are trained by sequential SGD over all words, so sharding would change
     the numbers with the number of processes. One process gives the 1-process numbers exactly.
     """
-    results = run_absorption(lm, transcoders, options, log=log, show_progress=show_progress) if is_rank0() else {}
+    results = (
+        run_absorption(
+            lm,
+            transcoders,
+            options,
+            text=text,
+            trust_remote_code=trust_remote_code,
+            log=log,
+            show_progress=show_progress,
+        )
+        if is_rank0()
+        else {}
+    )
     barrier()
     return results

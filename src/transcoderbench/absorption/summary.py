@@ -42,6 +42,15 @@ def summary_lines(name: str, result: dict[str, Any]) -> list[str]:
                     for p in prefixes
                 )
             )
+    fit = result.get("input_decoder")
+    if fit:
+        heldout = "n/a" if fit["heldout_fvu"] is None else f"{fit['heldout_fvu']:.3f}"
+        lines.append(
+            f"  input decoder: fitted on {fit['n_text_tokens']:,} text tokens + {fit['n_train_words']} training words "
+            f"({fit['n_latents_fitted']} latents), FVU on the held-out test words {heldout}"
+        )
+        if fit.get("warning"):
+            lines.append(f"  caution: {fit['warning']}")
     lines.append(
         f"  took {result['wall_time_s']:.1f} s (+ {result['probe_wall_time_s']:.1f} s for the shared probe, "
         f"cache {result['cache']})"

@@ -27,7 +27,8 @@ def register(sub: Any) -> None:
         help="first-letter feature absorption of one or more transcoders",
         description="Measure first-letter feature absorption (SAEBench's method, adapted to transcoders: the probe "
         "reads the input site; a transcoder latent's share is read through an input-space decoder fitted by least squares, "
-        "so shares add up; SAEs use their decoder rows, exactly as SAEBench). "
+        "on text (--dataset) and the training words, so shares add up; SAEs use their decoder rows, exactly as "
+        "SAEBench). "
         "Writes absorption.json and absorption.txt.",
     )
     add_flag(parser, "checkpoint", default=None, metavar="PATH", help=CHECKPOINT_HELP)
@@ -84,12 +85,23 @@ def run(args: argparse.Namespace) -> int:
         )
         for tc in transcoders.values():
             tc.to(device=lm.device).float()
-        results = run_absorption(lm, transcoders, options, show_progress=config.progress)
+        results = run_absorption(
+            lm,
+            transcoders,
+            options,
+            text=config.data,
+            trust_remote_code=config.model.trust_remote_code,
+            show_progress=config.progress,
+        )
 
         meta: dict[str, Any] = {
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "model": lm.describe(),
-            "options": {**model_record(config.model, config.progress), **dataclasses.asdict(options)},
+            "options": {
+                **model_record(config.model, config.progress),
+                **dataclasses.asdict(config.data),
+                **dataclasses.asdict(options),
+            },
             "versions": package_versions(),
             "world_size": world_size,
         }

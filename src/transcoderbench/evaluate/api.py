@@ -300,7 +300,15 @@ def evaluate_transcoders(
     attach_uncertainty({run.name: run.accumulators for run in runs}, metrics, bootstrap)
     if config.run_absorption:
         say("measuring first-letter absorption (--no-absorption skips it)")
-        found = run_absorption_rank0(lm, transcoders, config.absorption, log=say, show_progress=config.progress)
+        found = run_absorption_rank0(
+            lm,
+            transcoders,
+            config.absorption,
+            text=config.data,
+            trust_remote_code=config.model.trust_remote_code,
+            log=say,
+            show_progress=config.progress,
+        )
         for name, result in found.items():
             metrics[name]["absorption"] = result
             metrics[name]["absorption_note"] = (
