@@ -71,6 +71,22 @@ def test_other_probe_site_or_letters_are_flagged_not_compared():
     assert v.winner is None and "different letters scored" in v.verdict
 
 
+def test_other_input_decoder_text_budgets_are_flagged_and_a_poor_fit_is_noted_in_the_report():
+    from transcoderbench.report.html import render_report
+
+    a = absorption(words(0, 0.0))
+    b = absorption(words(0, 0.3))
+    a["input_decoder"] = {"n_text_tokens": 65536, "warning": "the fitted input decoder reconstructs poorly"}
+    b["input_decoder"] = {"n_text_tokens": 8192, "warning": ""}
+    v = verdict({"a": {"absorption": a}, "b": {"absorption": b}})
+    assert v.winner is None and "different text budgets (65536 vs 8192 tokens)" in v.verdict
+    b["input_decoder"]["n_text_tokens"] = 65536
+    assert verdict({"a": {"absorption": a}, "b": {"absorption": b}}).winner == "a"
+    page = render_report({}, {"a": {"absorption": a}, "b": {"absorption": b}})
+    assert "a: absorption: caution: the fitted input decoder reconstructs poorly" in page
+    assert "b: absorption: caution" not in page
+
+
 def test_report_shows_letter_diagnostics_and_prefix_absorption():
     from transcoderbench.report.html import render_report
     from transcoderbench.report.plots import absorption_prefixes

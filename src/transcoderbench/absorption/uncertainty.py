@@ -74,11 +74,14 @@ def headline_intervals(
 
 def comparability_problems(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """Why two absorption results cannot be compared (empty when they can): another probe site, mode,
-    seed, set of scored letters or set of words, or no headline number."""
+    seed, input-decoder text budget, set of scored letters or set of words, or no headline number."""
     problems = []
     for key, what in (("probe_site", "probe site"), ("mode", "mode"), ("seed", "absorption seed")):
         if a.get(key) != b.get(key):
             problems.append(f"different {what} ({a.get(key)} vs {b.get(key)})")
+    tokens = [(r.get("input_decoder") or {}).get("n_text_tokens") for r in (a, b)]
+    if tokens[0] != tokens[1]:  # the shares move with the fit's text budget (docs/absorption.md)
+        problems.append(f"input decoders fitted on different text budgets ({tokens[0]} vs {tokens[1]} tokens)")
     if a.get("mean_absorption_fraction") is None or b.get("mean_absorption_fraction") is None:
         problems.append("no headline absorption number for one of them")
     elif a.get("letters_scored") != b.get("letters_scored"):

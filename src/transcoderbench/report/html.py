@@ -245,6 +245,8 @@ def _notes(metrics: Results) -> list[str]:
             notes.append(f"{n}: downstream: {downstream_note(m)}")
         if m.absorption is None:
             notes.append(f"{n}: absorption: {absorption_value(m)[1]}")
+        elif (m.absorption.extra.get("input_decoder") or {}).get("warning"):
+            notes.append(f"{n}: absorption: caution: {m.absorption.extra['input_decoder']['warning']}")
         if m.sparsity is not None:
             notes.append(
                 f"{n}: dead and dense latents are measured over {m.sparsity.n_tokens or 0:,} tokens; a latent may "
