@@ -85,7 +85,7 @@ def test_absorption_command_runs_on_rank0_only(tmp_path, tiny_model_dir):
     model = tiny_model_dir("llama")
     ours, _ = two_transcoders(tmp_path, hidden_size(model))
     small = ["--absorption-train-words", "60", "--absorption-test-words", "20", "--absorption-icl-examples", "6"]
-    small += ["--absorption-probe-epochs", "3", "--absorption-sparse-epochs", "3"]
+    small += ["--absorption-probe-epochs", "3", "--absorption-sparse-epochs", "3", "--absorption-fit-tokens", "512"]
     args = ["absorption", "--checkpoint", str(ours), "--model", str(model), "--no-progress", "--no-absorption-cache"]
     one = run_cli(*args, *small, "--output_dir", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr

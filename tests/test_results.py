@@ -31,6 +31,8 @@ TINY_ABSORPTION = [
     "100",
     "--absorption_min_letters",
     "1",
+    "--absorption_fit_tokens",
+    "256",
     "--no-absorption_cache",
 ]
 
