@@ -394,9 +394,9 @@ def score_transcoder(
 ) -> dict[str, Any]:
     """The JSON-ready absorption result of one transcoder on prepared probe data.
 
-    Transcoder mode: ``equations`` holds the text tokens' sums (:func:`text_equations`; None: no
-    text, ``n_text_tokens`` of them); the training words are added and the test words, the ones
-    scored, stay out of the fit. A Matryoshka transcoder is also scored per nested prefix
+    Transcoder mode: ``equations`` are the input-decoder sums over ``n_text_tokens`` text tokens
+    (:func:`text_equations`), or None for no text; the training words are added to them and the
+    test words, the ones scored, stay out of the fit. A Matryoshka transcoder is also scored per nested prefix
     (``prefixes``): only the prefix's latents exist, its main latents are chosen among them and
     its input decoder is fitted on them.
     """
@@ -417,13 +417,14 @@ def score_transcoder(
     ends = tuple(tc.prefix_ends)
     scored_prefixes = []
     heldout: list[float | None] = []
+    x_test_seen = seen_inputs(tc, data.x_test) if equations is not None else data.x_test
     for end in ends:
         if equations is None:
             rows = tc.W_dec.detach()[:end]
         else:
             decoder = solve_input_decoder(equations, ridge=options.absorption_input_decoder_ridge, prefix_end=end)
             rows = decoder.rows[:end]
-            heldout.append(fvu(decoder, test_latents[:, :end], seen_inputs(tc, data.x_test)))
+            heldout.append(fvu(decoder, test_latents[:, :end], x_test_seen))
         label = desc if len(ends) == 1 else f"{desc} (prefix {end})"
         scored_prefixes.append(
             _score_latents(
