@@ -50,6 +50,8 @@ class SplicePlan:
     downstream: dict[str, Downstream] = field(default_factory=dict)
     """Run name -> the Downstream accumulator this stage feeds (added to the run by the engine)."""
     notes: list[str] = field(default_factory=list)
+    buffers: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    """Scratch for the head and the CE/KL scoring, reused by every batch (see ``score_buffers``)."""
 
     @property
     def splice_layers(self) -> set[int]:
@@ -247,6 +249,36 @@ def head_step(lm: LanguageModel) -> int:
     return max(1, HEAD_CHUNK_ELEMENTS // lm.model.get_output_embeddings().weight.shape[0])
 
 
+def head_into(head: Head, hidden: Tensor, out: Tensor) -> Tensor:
+    """``head(hidden)`` written into ``out`` (fp32 ``[rows, vocab]``) by the same operations.
+
+    The logits of every variant land in one reused buffer instead of a fresh ``[rows, vocab]``
+    tensor per variant (on CPU, faulting in new pages costs more than a tenth of the matmul).
+    An unembedding that is not a plain fp32 ``Linear`` goes through ``head`` and is copied.
+    """
+    unembed = head.unembed
+    if type(unembed) is not torch.nn.Linear or unembed.weight.dtype != torch.float32 or out.dtype != torch.float32:
+        return out.copy_(head(hidden))
+    normed = head.norm(hidden)
+    if unembed.bias is None:  # what nn.Linear runs: mm for a 2-D input, addmm with a bias
+        torch.mm(normed, unembed.weight.t(), out=out)
+    else:
+        torch.addmm(unembed.bias, normed, unembed.weight.t(), out=out)
+    if head.softcap:
+        out.div_(head.softcap).tanh_().mul_(head.softcap)
+    return out
+
+
+def score_buffers(plan: SplicePlan, rows: int, vocab: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Two ``[rows, vocab]`` fp32 buffers (logits, clean probabilities), kept on the plan for every batch."""
+    logits, probs = plan.buffers.get("logits"), plan.buffers.get("probs")
+    if logits is None or probs is None or logits.shape[0] < rows or logits.device != device:
+        logits = torch.empty(rows, vocab, device=device)
+        probs = torch.empty(rows, vocab, device=device)
+        plan.buffers.update(logits=logits, probs=probs)
+    return logits[:rows], probs[:rows]
+
+
 def score_variants(
     lm: LanguageModel,
     plan: SplicePlan,
@@ -260,15 +292,20 @@ def score_variants(
     d = clean.final_hidden.shape[-1]
     clean_rows = clean.final_hidden.reshape(-1, d)[counted.rows]
     step = head_step(lm)
+    vocab = lm.model.get_output_embeddings().weight.shape[0]
     accs = [plan.downstream[run.name] for run in runs]
-    for start in range(0, counted.rows.numel(), step):
+    n = counted.rows.numel()
+    logits_buf, probs_buf = score_buffers(plan, min(step, n), vocab, clean_rows.device)
+    for start in range(0, n, step):
         sl = slice(start, start + step)
+        rows = min(step, n - start)
+        logits, probs = logits_buf[:rows], probs_buf[:rows]
         seq_ids = counted.seq_ids[sl]
-        clean_next = CleanNextToken(plan.head(clean_rows[sl]), counted.labels[sl])
+        clean_next = CleanNextToken(head_into(plan.head, clean_rows[sl], logits), counted.labels[sl], probs=probs)
         for acc in accs:
             acc.update_column(CLEAN, clean_next.ce, clean_next.kl, seq_ids)
         for key, frows in final_rows.items():
-            ce, kl = clean_next.versus(plan.head(frows[sl]))
+            ce, kl = clean_next.versus(head_into(plan.head, frows[sl], logits), overwrite=True)
             for acc, column in consumers[key]:
                 acc.update_column(column, ce, kl, seq_ids)
 
