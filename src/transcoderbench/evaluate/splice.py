@@ -249,6 +249,7 @@ def head_step(lm: LanguageModel) -> int:
     return max(1, HEAD_CHUNK_ELEMENTS // lm.model.get_output_embeddings().weight.shape[0])
 
 
+@torch.no_grad()
 def head_into(head: Head, hidden: Tensor, out: Tensor) -> Tensor:
     """``head(hidden)`` written into ``out`` (fp32 ``[rows, vocab]``) by the same operations.
 
