@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -93,3 +94,21 @@ def test_chunked_head_with_reused_buffers_gives_the_one_chunk_result(tiny_lm, mo
     assert whole_buffers["logits"].shape[0] > 7
     for key in ("ce_clean", "ce_spliced", "kl_div", "ce_zero_ablation", "ce_mean_ablation", "n_tokens"):
         assert chunked[key] == pytest.approx(whole[key], rel=1e-6, abs=1e-9), key
+
+
+def test_head_into_leaves_the_buffer_alone_for_a_bf16_head(tiny_lm):
+    """A head it cannot write in place (bf16 unembedding) is run as is: same logits, buffer untouched."""
+    lm = tiny_lm("llama")
+    head = find_head(lm)
+    assert head is not None
+    half = Head(
+        copy.deepcopy(head.norm).to(torch.bfloat16),
+        head.norm_path,
+        copy.deepcopy(head.unembed).to(torch.bfloat16),
+        head.softcap,
+    )
+    hidden = torch.randn(5, lm.d_model, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
+    out = torch.full((5, int(lm.model.get_output_embeddings().weight.shape[0])), float("nan"))
+    got = splice_mod.head_into(half, hidden, out)
+    assert got.dtype == torch.float32 and torch.equal(got, half(hidden))
+    assert out.isnan().all()

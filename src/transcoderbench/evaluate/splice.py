@@ -251,15 +251,16 @@ def head_step(lm: LanguageModel) -> int:
 
 @torch.no_grad()
 def head_into(head: Head, hidden: Tensor, out: Tensor) -> Tensor:
-    """``head(hidden)`` written into ``out`` (fp32 ``[rows, vocab]``) by the same operations.
+    """``head(hidden)`` for 2-D ``hidden``, written into ``out`` (fp32 ``[rows, vocab]``) by the same operations.
 
     The logits of every variant land in one reused buffer instead of a fresh ``[rows, vocab]``
     tensor per variant (on CPU, faulting in new pages costs more than a tenth of the matmul).
-    An unembedding that is not a plain fp32 ``Linear`` goes through ``head`` and is copied.
+    An unembedding that is not a plain fp32 ``Linear`` (e.g. a bf16 model's) returns ``head(hidden)``
+    itself, a fresh tensor, and leaves ``out`` alone.
     """
     unembed = head.unembed
     if type(unembed) is not torch.nn.Linear or unembed.weight.dtype != torch.float32 or out.dtype != torch.float32:
-        return out.copy_(head(hidden))
+        return head(hidden)
     normed = head.norm(hidden)
     if unembed.bias is None:  # what nn.Linear runs: mm for a 2-D input, addmm with a bias
         torch.mm(normed, unembed.weight.t(), out=out)
