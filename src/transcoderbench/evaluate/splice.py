@@ -50,6 +50,8 @@ class SplicePlan:
     downstream: dict[str, Downstream] = field(default_factory=dict)
     """Run name -> the Downstream accumulator this stage feeds (added to the run by the engine)."""
     notes: list[str] = field(default_factory=list)
+    buffers: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    """Scratch for the head and the CE/KL scoring, reused by every batch (see ``score_buffers``)."""
 
     @property
     def splice_layers(self) -> set[int]:
@@ -166,29 +168,33 @@ def _chunks(items: list, size: int) -> Iterable[list]:
         yield items[start : start + size]
 
 
-@torch.no_grad()
-def downstream_batch(
-    lm: LanguageModel,
-    plan: SplicePlan,
-    runs: list[TranscoderRun],
-    tb: TokenBatch,
-    clean: CleanForward,
-    recon: dict[str, TranscoderBatch],
-) -> None:
-    """All spliced variants of one batch, and their CE/KL sums into each run's Downstream."""
-    ids = tb.input_ids.to(lm.device)
-    keep = tb.keep.to(lm.device)
-    B, T = ids.shape
-    keep_flat = keep.reshape(-1)
-    b_idx, t_idx = counted_predictions(keep, tb.attention_mask.to(lm.device)).nonzero(as_tuple=True)
-    rows = b_idx * T + t_idx
-    labels = ids[b_idx, t_idx + 1]
-    seq_ids = tb.seq_index.to(lm.device)[b_idx]
-    d = clean.final_hidden.shape[-1]
+@dataclass
+class CountedRows:
+    """The predictions one batch counts (``TOKEN_RULE``): flat rows of ``[B, T]``, their labels and sequences."""
 
-    # Each variant: (splice target y at kept rows, its replacement, the run giving the site, consumers).
-    targets: dict[tuple, tuple] = {}
-    consumers: dict[tuple, list[tuple[Downstream, str]]] = defaultdict(list)
+    rows: Tensor
+    labels: Tensor
+    seq_ids: Tensor
+
+
+def counted_rows(lm: LanguageModel, tb: TokenBatch) -> CountedRows:
+    ids = tb.input_ids.to(lm.device)
+    b_idx, t_idx = counted_predictions(tb.keep.to(lm.device), tb.attention_mask.to(lm.device)).nonzero(as_tuple=True)
+    return CountedRows(b_idx * ids.shape[1] + t_idx, ids[b_idx, t_idx + 1], tb.seq_index.to(lm.device)[b_idx])
+
+
+Variants = dict[tuple, tuple[Tensor, Tensor, TranscoderRun]]
+"""Variant key -> (splice target y at kept rows, its replacement, the run giving the site)."""
+Consumers = dict[tuple, list[tuple[Downstream, str]]]
+"""Variant key -> the (accumulator, column) pairs that its CE/KL feed."""
+
+
+def plan_variants(
+    plan: SplicePlan, runs: list[TranscoderRun], recon: dict[str, TranscoderBatch]
+) -> tuple[Variants, Consumers]:
+    """Every variant of one batch: each run's prefixes, and zero/mean ablation of each distinct output site."""
+    targets: Variants = {}
+    consumers: Consumers = defaultdict(list)
     for run in runs:
         acc = plan.downstream[run.name]
         y = recon[run.name].y
@@ -203,7 +209,17 @@ def downstream_batch(
             key = ("prefix", run.name, p)
             targets[key] = (y, recon[run.name].y_hat_prefixes[p], run)
             consumers[key].append((acc, prefix_column(end)))
+    return targets, consumers
 
+
+def finish_variants(
+    lm: LanguageModel, plan: SplicePlan, tb: TokenBatch, clean: CleanForward, targets: Variants, rows: Tensor
+) -> dict[tuple, Tensor]:
+    """Each variant's final hidden state (input of the final norm) at the counted ``rows`` only."""
+    ids = tb.input_ids.to(lm.device)
+    B, T = ids.shape
+    keep_flat = tb.keep.to(lm.device).reshape(-1)
+    d = clean.final_hidden.shape[-1]
     final_rows: dict[tuple, Tensor] = {}
     by_layer: dict[int, list[tuple[tuple, Tensor]]] = defaultdict(list)
     for key, (y, value, run) in targets.items():
@@ -225,17 +241,92 @@ def downstream_batch(
             finals = resume(lm, clean, layer, torch.cat([h for _, h in group]))
             for (key, _), final in zip(group, finals.split(B)):
                 final_rows[key] = final.reshape(-1, d)[rows]
+    return final_rows
 
-    clean_rows = clean.final_hidden.reshape(-1, d)[rows]
+
+def head_step(lm: LanguageModel) -> int:
+    """Rows of logits computed at once (``HEAD_CHUNK_ELEMENTS`` / vocab)."""
+    return max(1, HEAD_CHUNK_ELEMENTS // lm.model.get_output_embeddings().weight.shape[0])
+
+
+@torch.no_grad()
+def head_into(head: Head, hidden: Tensor, out: Tensor) -> Tensor:
+    """``head(hidden)`` for 2-D ``hidden``, written into ``out`` (fp32 ``[rows, vocab]``) by the same operations.
+
+    The logits of every variant land in one reused buffer instead of a fresh ``[rows, vocab]``
+    tensor per variant (on CPU, faulting in new pages costs more than a tenth of the matmul).
+    An unembedding that is not a plain fp32 ``Linear`` (e.g. a bf16 model's) returns ``head(hidden)``
+    itself, a fresh tensor, and leaves ``out`` alone.
+    """
+    unembed = head.unembed
+    if type(unembed) is not torch.nn.Linear or unembed.weight.dtype != torch.float32 or out.dtype != torch.float32:
+        return head(hidden)
+    normed = head.norm(hidden)
+    if unembed.bias is None:  # what nn.Linear runs: mm for a 2-D input, addmm with a bias
+        torch.mm(normed, unembed.weight.t(), out=out)
+    else:
+        torch.addmm(unembed.bias, normed, unembed.weight.t(), out=out)
+    if head.softcap:
+        out.div_(head.softcap).tanh_().mul_(head.softcap)
+    return out
+
+
+def score_buffers(plan: SplicePlan, rows: int, vocab: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Two ``[rows, vocab]`` fp32 buffers (logits, clean probabilities), kept on the plan for every batch."""
+    logits, probs = plan.buffers.get("logits"), plan.buffers.get("probs")
+    if logits is None or probs is None or logits.shape[0] < rows or logits.device != device:
+        logits = torch.empty(rows, vocab, device=device)
+        probs = torch.empty(rows, vocab, device=device)
+        plan.buffers.update(logits=logits, probs=probs)
+    return logits[:rows], probs[:rows]
+
+
+def score_variants(
+    lm: LanguageModel,
+    plan: SplicePlan,
+    runs: list[TranscoderRun],
+    clean: CleanForward,
+    counted: CountedRows,
+    final_rows: dict[tuple, Tensor],
+    consumers: Consumers,
+) -> None:
+    """The head on the counted rows of the clean pass and of every variant, and their CE/KL sums."""
+    d = clean.final_hidden.shape[-1]
+    clean_rows = clean.final_hidden.reshape(-1, d)[counted.rows]
+    step = head_step(lm)
     vocab = lm.model.get_output_embeddings().weight.shape[0]
-    step = max(1, HEAD_CHUNK_ELEMENTS // vocab)
     accs = [plan.downstream[run.name] for run in runs]
-    for start in range(0, rows.numel(), step):
+    n = counted.rows.numel()
+    logits_buf, probs_buf = score_buffers(plan, min(step, n), vocab, clean_rows.device)
+    for start in range(0, n, step):
         sl = slice(start, start + step)
-        clean_next = CleanNextToken(plan.head(clean_rows[sl]), labels[sl])
+        rows = min(step, n - start)
+        logits, probs = logits_buf[:rows], probs_buf[:rows]
+        seq_ids = counted.seq_ids[sl]
+        clean_next = CleanNextToken(head_into(plan.head, clean_rows[sl], logits), counted.labels[sl], probs=probs)
         for acc in accs:
-            acc.update_column(CLEAN, clean_next.ce, clean_next.kl, seq_ids[sl])
+            acc.update_column(CLEAN, clean_next.ce, clean_next.kl, seq_ids)
         for key, frows in final_rows.items():
-            ce, kl = clean_next.versus(plan.head(frows[sl]))
+            ce, kl = clean_next.versus(head_into(plan.head, frows[sl], logits), overwrite=True)
             for acc, column in consumers[key]:
-                acc.update_column(column, ce, kl, seq_ids[sl])
+                acc.update_column(column, ce, kl, seq_ids)
+
+
+@torch.no_grad()
+def downstream_batch(
+    lm: LanguageModel,
+    plan: SplicePlan,
+    runs: list[TranscoderRun],
+    tb: TokenBatch,
+    clean: CleanForward,
+    recon: dict[str, TranscoderBatch],
+) -> None:
+    """All spliced variants of one batch, and their CE/KL sums into each run's Downstream.
+
+    The head runs only on the counted predictions' rows (``TOKEN_RULE``): logits elsewhere would
+    be discarded.
+    """
+    counted = counted_rows(lm, tb)
+    targets, consumers = plan_variants(plan, runs, recon)
+    final_rows = finish_variants(lm, plan, tb, clean, targets, counted.rows)
+    score_variants(lm, plan, runs, clean, counted, final_rows, consumers)

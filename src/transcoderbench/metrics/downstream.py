@@ -14,6 +14,7 @@ predictions.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -40,6 +41,18 @@ def prefix_column(end: int) -> str:
     return f"prefix_{end}"
 
 
+def logsumexp_(x: Tensor, scratch: Tensor | None = None) -> Tensor:
+    """``torch.logsumexp(x, -1)`` by the same operations, its ``[N, V]`` temporary written into ``scratch``.
+
+    Without ``scratch``, ``x`` itself is overwritten. A fresh ``[N, V]`` temporary per call is what
+    costs on CPU (new pages are faulted in on every call: more than the exp itself).
+    """
+    m = x.amax(-1, keepdim=True)
+    m.masked_fill_(m.abs() == math.inf, 0)
+    tmp = x.sub_(m) if scratch is None else torch.sub(x, m, out=scratch)
+    return tmp.exp_().sum(-1).log_().add_(m.squeeze(-1))
+
+
 class CleanNextToken:
     """The clean model's next-token distribution over a chunk of rows, prepared once for all variants.
 
@@ -49,25 +62,36 @@ class CleanNextToken:
     (finite where a variant gives a token vanishing probability), and each variant costs one
     logsumexp and one dot product with ``p_clean`` instead of a full log-softmax and KL pass. Both
     terms are computed by the same operations, so identical logits give a KL of exactly 0.
+
+    ``probs`` (optional, shaped like ``logits``) receives ``p_clean``, so a caller scoring many
+    chunks can reuse one buffer; ``logits`` is left unchanged.
     """
 
-    def __init__(self, logits: Tensor, labels: Tensor) -> None:
+    def __init__(self, logits: Tensor, labels: Tensor, probs: Tensor | None = None) -> None:
         self.labels = labels
-        lse = torch.logsumexp(logits, dim=-1)
-        self.probs = torch.exp(logits - lse[:, None])
-        self.ce, self._cross = self._score(logits)
+        self.probs = torch.empty_like(logits) if probs is None else probs
+        lse = logsumexp_(logits, scratch=self.probs)
+        torch.sub(logits, lse[:, None], out=self.probs).exp_()
+        # The same operations as versus() on the same logits: identical logits give a KL of exactly 0.
+        self.ce = lse - self._label_logits(logits)
+        self._cross = self._dot(logits) - lse
         self.kl = torch.zeros_like(self.ce)
 
-    def _score(self, logits: Tensor) -> tuple[Tensor, Tensor]:
-        lse = torch.logsumexp(logits, dim=-1)
-        ce = lse - logits.gather(-1, self.labels[:, None]).squeeze(-1)
-        # einsum runs the row-wise dot product as one BLAS call (faster than multiply-then-sum on CPU).
-        return ce, torch.einsum("rv,rv->r", self.probs, logits) - lse
+    def _label_logits(self, logits: Tensor) -> Tensor:
+        return logits.gather(-1, self.labels[:, None]).squeeze(-1)
 
-    def versus(self, logits: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-row CE of the labels under ``logits`` and KL(p_clean || p_logits)."""
-        ce, cross = self._score(logits)
-        return ce, self._cross - cross
+    def _dot(self, logits: Tensor) -> Tensor:
+        # einsum runs the row-wise dot product as one BLAS call (faster than multiply-then-sum on CPU).
+        return torch.einsum("rv,rv->r", self.probs, logits)
+
+    def versus(self, logits: Tensor, overwrite: bool = False) -> tuple[Tensor, Tensor]:
+        """Per-row CE of the labels under ``logits`` and KL(p_clean || p_logits).
+
+        ``overwrite=True`` lets the logsumexp work in ``logits`` (its values are lost), saving an ``[N, V]`` copy.
+        """
+        label, dot = self._label_logits(logits), self._dot(logits)
+        lse = logsumexp_(logits if overwrite else logits.clone())
+        return lse - label, self._cross - (dot - lse)
 
 
 def loss_recovered(ce_ablated: float, ce_spliced: float, ce_clean: float) -> float | None:
