@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from transcoderbench.cli import main
 from transcoderbench.errors import UserError
 from transcoderbench.train import TrainConfig, TranscoderTrainer
 from transcoderbench.train.config import config_dict, make_config
@@ -29,6 +30,15 @@ def test_default_is_centred_and_bad_values_are_one_line_errors():
     assert config_dict(make_config({"layer": 0, "encoder_bias_init": "zero"}))["encoder_bias_init"] == "zero"
     with pytest.raises(UserError, match="encoder_bias_init"):
         make_config({"layer": 0, "encoder_bias_init": "median"})
+
+
+def test_train_command_refuses_an_unknown_init_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # argparse checks the choices
+        main(["train", "--layer", "1", "--encoder_bias_init", "median", "--output_dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "encoder_bias_init" in err and "median" in err, err
+    assert err.strip().count("\n") <= 1, err  # usage-free: at most the program line and the error
+    assert not (tmp_path / "r").exists()
 
 
 def test_centred_init_centres_every_pre_activation_on_the_data():
