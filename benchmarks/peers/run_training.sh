@@ -26,7 +26,7 @@ echo "ours: $ours_s s wall"
 
 start=$(date +%s.%N)
 "${SPARSIFY_PYTHON:-$VENVS/sparsify/bin/python}" benchmarks/peers/train_sparsify.py "$WORK/tokens.safetensors" \
-  "$MODEL_DIR" "$WORK/sparsify"
+  "$MODEL_DIR" "$WORK/sparsify" ${SPARSIFY_ARGS:-}
 sparsify_s=$(echo "$(date +%s.%N) - $start" | bc)
 echo "sparsify: $sparsify_s s wall"
 

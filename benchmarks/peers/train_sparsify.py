@@ -1,10 +1,12 @@
 """Train sparsify's TopK SAE (its own short-run recipe: schedule-free SignSGD, no auxiliary loss)
 on the shared tokens; prints the wall time as JSON. Run with the sparsify venv's python.
 
-    peer-venvs/sparsify/bin/python benchmarks/peers/train_sparsify.py TOKENS MODEL_DIR OUT_DIR [--exclude_special]
+    peer-venvs/sparsify/bin/python benchmarks/peers/train_sparsify.py TOKENS MODEL_DIR OUT_DIR [--exclude_special] [--shuffle]
 
 ``--exclude_special``: sparsify's ``exclude_tokens`` = the BOS, EOS and PAD ids, so it trains on the
 positions ours trains on (ours never trains on them); without it, sparsify's default (every position).
+``--shuffle``: the sequences in a random order (seed 0). sparsify's trainer reads them in the given
+order ("the dataset should be shuffled before passing it to the trainer"); without it, file order.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ def main() -> None:
     torch.manual_seed(0)
     ids = load_file(tokens)["train"]
     data = Dataset.from_dict({"input_ids": ids.tolist()}).with_format("torch")
+    if "--shuffle" in sys.argv[4:]:
+        data = data.shuffle(seed=0)
     model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
     cfg = TrainConfig(
         SaeConfig(num_latents=2304, k=32),
