@@ -239,6 +239,7 @@ def test_aux_loss_revives_latents_dead_at_initialisation():
             batch_size=batch,
             token_budget=batch * 60,
             dead_window=2 * batch,
+            encoder_bias_init="zero",  # b_enc = 0, so the zeroed columns below can never fire
         )
         t = TranscoderTrainer(config, d_in=d, d_out=d, input_site="a", output_site="b")
         t.init_from_data(*sample())

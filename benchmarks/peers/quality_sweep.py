@@ -10,7 +10,6 @@ trains :class:`TranscoderTrainer` on the same shuffled batches, so only the reci
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import time
@@ -21,7 +20,7 @@ import torch
 from transcoderbench.data import resolve_text_source, token_batches
 from transcoderbench.lm import capture, load_language_model
 from transcoderbench.lm.sites import resolve_site
-from transcoderbench.train.config import TrainConfig
+from transcoderbench.train.config import FLAT_KEYS, TrainConfig
 from transcoderbench.train.schedule import lr_at
 from transcoderbench.train.trainer import TranscoderTrainer
 
@@ -126,15 +125,15 @@ def main() -> None:
     ap.add_argument("--test_tokens", type=int, default=16_384)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/transcoderbench-quality"))
     ap.add_argument("--variant", action="append", default=[], help="JSON of TrainConfig overrides; repeatable")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: leaves the other core to others)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     train = activations(args.kind, "builtin:stdlib-docstrings", args.tokens, args.cache)
     test = activations(args.kind, "builtin:pydoc_data.topics", args.test_tokens, args.cache)
     for spec in args.variant or ["{}"]:
         overrides = json.loads(spec)
-        config = TrainConfig(**{**BASE, "token_budget": args.budget, **overrides})
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
-        assert set(overrides) <= known, set(overrides) - known
+        assert set(overrides) <= set(FLAT_KEYS), set(overrides) - set(FLAT_KEYS)
+        config = TrainConfig.from_flat(**{**BASE, "token_budget": args.budget, **overrides})
         print(json.dumps({"variant": overrides, **run(config, train, test)}), flush=True)
 
 

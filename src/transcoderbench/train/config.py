@@ -27,6 +27,7 @@ from transcoderbench.errors import UserError
 
 ARCHITECTURE_CHOICES = ("matryoshka", "batchtopk", "topk")
 DECAY_CHOICES = ("cosine", "linear")
+ENCODER_BIAS_INIT_CHOICES = ("centred", "zero")
 #: Bussmann et al.'s Matryoshka default: halves, quarters, ... of the dictionary, smallest first.
 DEFAULT_GROUP_FRACTIONS = "1/16,1/16,1/8,1/4,1/2"
 
@@ -111,6 +112,12 @@ class CodersConfig:
     top_k_aux: int = opt(512, "dead latents per token that the auxiliary loss uses to predict the residual")
     aux_penalty: float = opt(1 / 32, "weight of the auxiliary dead-latent loss (0 turns it off)")
     dead_window: int = opt(1_000_000, "a latent that has not fired in this many training tokens counts as dead")
+    encoder_bias_init: str = opt(
+        "centred",
+        "centred: b_enc = -mean(x) W_enc on the first buffer, so every pre-activation starts centred on the "
+        "data, as sparsify initialises (fewer dead latents); zero: b_enc = 0",
+        choices=ENCODER_BIAS_INIT_CHOICES,
+    )
 
 
 @dataclass
@@ -365,6 +372,10 @@ def validate(c: TrainConfig) -> None:
         raise UserError(f"--architecture {c.architecture}: choose one of {', '.join(ARCHITECTURE_CHOICES)}")
     if c.decay not in DECAY_CHOICES:
         raise UserError(f"--decay {c.decay}: choose one of {', '.join(DECAY_CHOICES)}")
+    if c.encoder_bias_init not in ENCODER_BIAS_INIT_CHOICES:
+        raise UserError(
+            f"--encoder_bias_init {c.encoder_bias_init}: choose one of {', '.join(ENCODER_BIAS_INIT_CHOICES)}"
+        )
     if c.top_k > c.dict_size:
         raise UserError(f"--top_k {c.top_k}: must not exceed --dict_size {c.dict_size}")
     if not c.lr > 0 or c.min_lr < 0 or c.min_lr > c.lr:

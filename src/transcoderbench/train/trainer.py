@@ -150,6 +150,10 @@ class TranscoderTrainer:
         learning rate and the initialisation then mean the same at every site of every model
         (a random model's MLP output can be 1000 times smaller than its normalised input).
         ``b_dec`` = the mean (scaled) target, so latents start by explaining deviations from it.
+        With ``encoder_bias_init=centred`` (the default), ``b_enc = -mean(x) W_enc``: every
+        pre-activation starts centred on the data, as sparsify initialises. With ``b_enc = 0`` the
+        latents that point along the activations' mean direction fire on every token and the rest
+        on none, so many start dead.
         """
         self.input_scale = float(math.sqrt(x.shape[1] / x.pow(2).sum(dim=1).mean().clamp_min(1e-30)))
         centred = y - y.mean(dim=0)
@@ -162,6 +166,9 @@ class TranscoderTrainer:
         self.target_scale = float(math.sqrt(y.shape[1] / centred.pow(2).sum(dim=1).mean().clamp_min(1e-30)))
         with torch.no_grad():
             self.params["b_dec"].copy_(y.mean(dim=0) * self.target_scale)
+            if self.config.encoder_bias_init == "centred":
+                x_mean = x.mean(dim=0).to(self.params["W_enc"]) * self.input_scale
+                self.params["b_enc"].copy_(-(x_mean @ self.params["W_enc"]))
 
     def step(self, x: Tensor, y: Tensor, lr: float, shard: tuple[int, int] | None = None) -> dict[str, Any]:
         """One optimisation step on raw ``x [N, d_in]``, ``y [N, d_out]``; returns the step's metrics.
