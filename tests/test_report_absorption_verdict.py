@@ -85,6 +85,11 @@ def test_other_input_decoder_text_budgets_are_flagged_and_a_poor_fit_is_noted_in
     page = render_report({}, {"a": {"absorption": a}, "b": {"absorption": b}})
     assert "a: absorption: caution: the fitted input decoder reconstructs poorly" in page
     assert "b: absorption: caution" not in page
+    from transcoderbench.report.comparison import comparison_summary
+
+    text = comparison_summary({}, {"a": {"absorption": a}, "b": {"absorption": b}})
+    assert "Note: a: absorption: caution: the fitted input decoder reconstructs poorly" in text
+    assert "b: absorption: caution" not in text
 
 
 def test_report_shows_letter_diagnostics_and_prefix_absorption():

@@ -36,6 +36,7 @@ from transcoderbench.report.catalog import (
 )
 from transcoderbench.report.suggestions import suggestions_as_dicts
 from transcoderbench.report.summary import (
+    absorption_caution,
     as_meta,
     header_lines,
     headline_fields,
@@ -373,6 +374,10 @@ def comparison_summary(
     lines += _verdict_lines(decide(results))
     lines += ["", "Note: more active latents buy reconstruction; compare FVU together with L0."]
     lines += textwrap.wrap("Note: " + VERSUS_REDUNDANCY, width=100, subsequent_indent="  ")
+    for name, m in results.items():
+        caution = absorption_caution(m)
+        if caution:
+            lines += textwrap.wrap(f"Note: {name}: absorption: caution: {caution}", width=100, subsequent_indent="  ")
     for name, m in results.items():
         lines += ["", f"[{name}]"] + suggestion_lines(m)[1:]
     lines += ["", "Report with plots: report.html in this directory (rebuild with `transcoderbench report DIR`)."]

@@ -30,6 +30,7 @@ from transcoderbench.report.comparison import Results, as_results, comparison_re
 from transcoderbench.report.plots import all_plots
 from transcoderbench.report.suggestions import THRESHOLD_SOURCES, THRESHOLDS, suggest
 from transcoderbench.report.summary import (
+    absorption_caution,
     absorption_value,
     as_meta,
     downstream_note,
@@ -245,8 +246,8 @@ def _notes(metrics: Results) -> list[str]:
             notes.append(f"{n}: downstream: {downstream_note(m)}")
         if m.absorption is None:
             notes.append(f"{n}: absorption: {absorption_value(m)[1]}")
-        elif (m.absorption.extra.get("input_decoder") or {}).get("warning"):
-            notes.append(f"{n}: absorption: caution: {m.absorption.extra['input_decoder']['warning']}")
+        elif absorption_caution(m):
+            notes.append(f"{n}: absorption: caution: {absorption_caution(m)}")
         if m.sparsity is not None:
             notes.append(
                 f"{n}: dead and dense latents are measured over {m.sparsity.n_tokens or 0:,} tokens; a latent may "

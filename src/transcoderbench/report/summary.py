@@ -121,6 +121,12 @@ def absorption_value(m: TranscoderResult) -> tuple[float | None, str]:
     return None, str(m.absorption_note or "not computed")
 
 
+def absorption_caution(m: TranscoderResult) -> str | None:
+    """The input-decoder fit's warning (transcoder-mode absorption whose shares are uncertain), if any."""
+    fit = m.absorption.extra.get("input_decoder") if m.absorption is not None else None
+    return (fit or {}).get("warning") or None
+
+
 def downstream_note(m: TranscoderResult) -> str:
     """Why a transcoder has no downstream metrics."""
     return str(m.downstream_note or "not computed in this run (evaluated with --no-downstream)")
