@@ -52,8 +52,7 @@ from transcoderbench.absorption.vocab import (
     letter_vocabulary,
     split_words,
 )
-from transcoderbench.config import TextConfig
-from transcoderbench.data import resolve_text_source
+from transcoderbench.data import TextSource, resolve_text_source
 from transcoderbench.distributed import barrier, is_rank0
 from transcoderbench.errors import UserError
 from transcoderbench.lm import LanguageModel, Site, resolve_site
@@ -687,8 +686,7 @@ def run_absorption(
     transcoders: dict[str, Transcoder],
     options: AbsorptionOptions,
     *,
-    text: TextConfig | None = None,
-    trust_remote_code: bool = False,
+    text: TextSource | None = None,
     log: Callable[[str], None] | None = None,
     show_progress: bool = True,
 ) -> dict[str, dict]:
@@ -716,7 +714,7 @@ def run_absorption(
                 if other_mode == MODE_TRANSCODER and repr(disk_cache.site_key(other_site)) == site_id
             }
             if fitted:
-                fits.update(_fit_on_text(lm, input_site, fitted, resolved, text, trust_remote_code, say, show_progress))
+                fits.update(_fit_on_text(lm, input_site, fitted, resolved, text, say, show_progress))
         equations, n_tokens = fits.pop(name, (None, 0))
         results[name] = score_transcoder(
             tc,
@@ -745,22 +743,14 @@ def _fit_on_text(
     site: Site,
     transcoders: dict[str, Transcoder],
     options: AbsorptionOptions,
-    text: TextConfig | None,
-    trust_remote_code: bool,
+    text: TextSource | None,
     say: Callable[[str], None],
     show_progress: bool,
 ) -> dict[str, tuple[NormalEquations, int]]:
     """The text part of each transcoder's input-decoder fit at ``site``: one truncated LM pass for all of them."""
-    text = text or TextConfig()
+    source = text or resolve_text_source(None)
     budget = options.absorption_fit_tokens or 0
     start = time.perf_counter()
-    source = resolve_text_source(
-        text.dataset,
-        text_field=text.text_field,
-        split=text.dataset_split,
-        dataset_config=text.dataset_config,
-        trust_remote_code=trust_remote_code,
-    )
     equations, n_tokens = text_equations(
         lm,
         site,
@@ -784,8 +774,7 @@ def run_absorption_rank0(
     transcoders: dict[str, Transcoder],
     options: AbsorptionOptions,
     *,
-    text: TextConfig | None = None,
-    trust_remote_code: bool = False,
+    text: TextSource | None = None,
     log: Callable[[str], None] | None = None,
     show_progress: bool = True,
 ) -> dict[str, dict]:
@@ -796,17 +785,7 @@ def run_absorption_rank0(
     the numbers with the number of processes. One process gives the 1-process numbers exactly.
     """
     results = (
-        run_absorption(
-            lm,
-            transcoders,
-            options,
-            text=text,
-            trust_remote_code=trust_remote_code,
-            log=log,
-            show_progress=show_progress,
-        )
-        if is_rank0()
-        else {}
+        run_absorption(lm, transcoders, options, text=text, log=log, show_progress=show_progress) if is_rank0() else {}
     )
     barrier()
     return results

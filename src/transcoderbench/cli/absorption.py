@@ -15,6 +15,7 @@ from transcoderbench.cli.common import check_output_dir, default_eval_dir, named
 from transcoderbench.cli.evaluate import CHECKPOINT_HELP
 from transcoderbench.cli.flags import FlagTable, add_config_flags, add_flag, config_from_args
 from transcoderbench.config import AbsorptionConfig, model_record
+from transcoderbench.data import text_source_of
 from transcoderbench.distributed import barrier, init_from_env, rank_device
 from transcoderbench.errors import UserError
 from transcoderbench.evaluate import choose_model, load_transcoders, package_versions
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     out_dir = check_output_dir(out_dir)
 
     transcoders = load_transcoders(specs, config.select)  # a bad path fails before the lock
+    source = text_source_of(config.data, trust_remote_code=config.model.trust_remote_code)  # so does a bad --dataset
     with output_session(out_dir) as writes:
         # Under torchrun rank 0 measures and writes while the others wait (see run_absorption_rank0).
         if not writes:
@@ -89,8 +91,7 @@ def run(args: argparse.Namespace) -> int:
             lm,
             transcoders,
             options,
-            text=config.data,
-            trust_remote_code=config.model.trust_remote_code,
+            text=source,
             show_progress=config.progress,
         )
 

@@ -11,7 +11,7 @@ from transcoderbench.data.batching import (
     token_stream,
 )
 from transcoderbench.data.builtin_corpus import builtin_texts
-from transcoderbench.data.sources import TextSource, resolve_text_source
+from transcoderbench.data.sources import TextSource, resolve_text_source, text_source_of
 
 __all__ = [
     "TextSource",
@@ -21,6 +21,7 @@ __all__ = [
     "count_available_sequences",
     "keep_mask",
     "resolve_text_source",
+    "text_source_of",
     "separator_token_id",
     "special_token_ids",
     "token_batches",

@@ -25,10 +25,13 @@ import re
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transcoderbench.data.builtin_corpus import builtin_texts, canonical_builtin_name, describe_builtin
 from transcoderbench.errors import UserError
+
+if TYPE_CHECKING:
+    from transcoderbench.config import TextConfig
 
 #: File suffixes read as documents (inside folders too).
 TEXT_SUFFIXES = (".txt", ".jsonl")
@@ -93,6 +96,17 @@ class TextSource:
                 streaming=True,
             )
         return out
+
+
+def text_source_of(text: TextConfig, *, trust_remote_code: bool = False) -> TextSource:
+    """:func:`resolve_text_source` for the text settings of a config (``data.*``)."""
+    return resolve_text_source(
+        text.dataset,
+        text_field=text.text_field,
+        split=text.dataset_split,
+        dataset_config=text.dataset_config,
+        trust_remote_code=trust_remote_code,
+    )
 
 
 def resolve_text_source(

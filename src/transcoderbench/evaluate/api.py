@@ -24,7 +24,7 @@ from transcoderbench import __version__
 from transcoderbench.absorption.run import run_absorption_rank0
 from transcoderbench.absorption.summary import VERSUS_REDUNDANCY
 from transcoderbench.config import EvalConfig, SelectConfig, options_record
-from transcoderbench.data import TokenBatch, resolve_text_source, token_batches
+from transcoderbench.data import TokenBatch, text_source_of, token_batches
 from transcoderbench.data.batching import shard_batches
 from transcoderbench.distributed import init_from_env, rank_device
 from transcoderbench.errors import UserError
@@ -156,13 +156,7 @@ def evaluate_transcoders(
         make_accumulators = functools.partial(default_accumulators, bootstrap=bootstrap)
     if data.batches <= 0 or data.batch_size <= 0 or data.seq_len < 2:
         raise UserError("`data.batches` and `data.batch_size` must be positive and `data.seq_len` at least 2")
-    source = resolve_text_source(
-        data.dataset,
-        text_field=data.text_field,
-        split=data.dataset_split,
-        dataset_config=data.dataset_config,
-        trust_remote_code=config.model.trust_remote_code,
-    )
+    source = text_source_of(data, trust_remote_code=config.model.trust_remote_code)
     if (config.checkpoint_every or config.resume) and state_dir is None:
         raise UserError("`checkpoint_every` and `resume` need a folder for the saved state (an output folder)")
     if config.latents.latents and (config.checkpoint_every or config.resume or world_size > 1):
@@ -304,8 +298,7 @@ def evaluate_transcoders(
             lm,
             transcoders,
             config.absorption,
-            text=config.data,
-            trust_remote_code=config.model.trust_remote_code,
+            text=source,
             log=say,
             show_progress=config.progress,
         )
