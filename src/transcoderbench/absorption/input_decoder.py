@@ -66,9 +66,9 @@ class NormalEquations:
         device = self.gram.device
         d_sae = self.gram.shape[0]
         for s in range(0, acts.shape[0], ROWS):
-            dense = acts[s : s + ROWS].to(device=device, dtype=torch.float64)
+            chunk = acts[s : s + ROWS].to(device)
             xs = x[s : s + ROWS].to(device=device, dtype=torch.float64)
-            a = dense.to_sparse()
+            a = chunk.to_sparse().to(torch.float64)  # never a dense float64 copy of the chunk
             at = a.t()
             with warnings.catch_warnings():  # torch's "sparse CSR support is in beta", raised internally
                 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -76,7 +76,7 @@ class NormalEquations:
             i, j = product.indices()
             self.gram.view(-1).index_add_(0, i * d_sae + j, product.values())
             self.cross += torch.sparse.mm(at, xs)
-            self.act_sum += dense.sum(dim=0)
+            self.act_sum += chunk.sum(dim=0, dtype=torch.float64)
             self.input_sum += xs.sum(dim=0)
             self.n_rows += xs.shape[0]
 

@@ -758,7 +758,7 @@ def _fit_on_text(
         source,
         n_tokens=budget,
         batch_size=options.absorption_batch_size or 1,
-        encode=lambda tc, x: (latent_activations(tc, x), seen_inputs(tc, x)),
+        encode=lambda tc, x: (latent_activations(tc, x), encoder_input(tc, x.to(tc.W_enc))),  # stays on the device
         show_progress=show_progress,
     )
     if budget:
