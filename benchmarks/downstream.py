@@ -18,12 +18,12 @@ import time
 
 import torch
 
-from transcoderbench.data import resolve_text_source, token_batches
 from transcoderbench.evaluate import plan_downstream, prepare_runs, run_pass
 from transcoderbench.lm import load_language_model
 from transcoderbench.lm.capture import output_tensor
 from transcoderbench.lm.splice import clean_forward, find_head
 from transcoderbench.transcoders import MatryoshkaTranscoder
+from workload import add_workload_args, builtin_batches, set_threads
 
 
 def transcoder(d: int, layer: int, seed: int) -> MatryoshkaTranscoder:
@@ -77,25 +77,13 @@ def ours_time(lm, batches, tcs, variants_per_pass: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--layer", type=int, default=10)
-    parser.add_argument("--batches", type=int, default=4)
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--seq_len", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=2)
+    add_workload_args(parser, batches=4, repeats=2)
     parser.add_argument("--variants_per_pass", type=int, default=4)
     parser.add_argument("--counts", default="1,2,4")
     args = parser.parse_args()
+    set_threads(args)
     lm = load_language_model(args.model)
-    batches = list(
-        token_batches(
-            resolve_text_source(None),
-            lm.tokenizer,
-            seq_len=args.seq_len,
-            batch_size=args.batch_size,
-            n_batches=args.batches,
-        )
-    )
+    batches = builtin_batches(lm, args)
     tokens = len(batches) * args.batch_size * args.seq_len
     print(
         f"model {args.model}, splice at layer {args.layer} of {lm.n_layers}, {tokens:,} tokens, "

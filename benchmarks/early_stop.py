@@ -14,24 +14,17 @@ import time
 
 import torch
 
-from transcoderbench.data import resolve_text_source, token_batches
 from transcoderbench.evaluate import prepare_runs, run_pass
 from transcoderbench.lm import load_language_model
 from transcoderbench.transcoders import MatryoshkaTranscoder
+from workload import add_workload_args, builtin_batches, set_threads
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--layer", type=int, default=10)
-    parser.add_argument("--batches", type=int, default=20)
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--seq_len", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
+    add_workload_args(parser, batches=20, repeats=3)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args)
     lm = load_language_model(args.model)
     d = lm.d_model
     g = torch.Generator().manual_seed(0)
@@ -45,15 +38,7 @@ def main() -> None:
         prefix_ends=[d, 2 * d, 4 * d],
         threshold=0.1,
     )
-    batches = list(
-        token_batches(
-            resolve_text_source(None),
-            lm.tokenizer,
-            seq_len=args.seq_len,
-            batch_size=args.batch_size,
-            n_batches=args.batches,
-        )
-    )
+    batches = builtin_batches(lm, args)
     times: dict[bool, list[float]] = {True: [], False: []}
     results = {}
     for _ in range(args.repeats):

@@ -19,11 +19,11 @@ from typing import Any
 import torch
 
 from transcoderbench.config import LatentsConfig
-from transcoderbench.data import resolve_text_source, token_batches
 from transcoderbench.evaluate import prepare_runs, run_pass
 from transcoderbench.latents import LatentCollector, finish_latents, latents_record, plan_latents, render_latents_page
 from transcoderbench.lm import load_language_model
 from transcoderbench.transcoders import TopKTranscoder
+from workload import add_workload_args, builtin_batches, set_threads
 
 
 def timed(collector: Any, inside: list[float]) -> Any:
@@ -82,16 +82,10 @@ def synthetic_page_size(d_sae: int, top_k: int, n_sequences: int, seq_len: int =
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--layer", type=int, default=10)
+    add_workload_args(parser, batches=10, repeats=3)
     parser.add_argument("--d_sae", type=int, default=2304)
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--top_k", type=int, default=10)
-    parser.add_argument("--batches", type=int, default=10)
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--seq_len", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument(
         "--size_only",
         type=int,
@@ -103,8 +97,7 @@ def main() -> None:
     if args.size_only:
         synthetic_page_size(args.d_sae, args.top_k, args.size_only, args.seq_len)
         return
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args)
     lm = load_language_model(args.model)
     d = lm.d_model
     g = torch.Generator().manual_seed(0)
@@ -117,15 +110,7 @@ def main() -> None:
         output_site=f"blocks.{args.layer}.hook_mlp_out",
         k=args.k,
     )
-    batches = list(
-        token_batches(
-            resolve_text_source(None),
-            lm.tokenizer,
-            seq_len=args.seq_len,
-            batch_size=args.batch_size,
-            n_batches=args.batches,
-        )
-    )
+    batches = builtin_batches(lm, args)
     config = LatentsConfig(latents=True, latents_top_k=args.top_k)
     times: dict[bool, list[float]] = {False: [], True: []}
     inside: list[float] = []
