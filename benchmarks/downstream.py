@@ -20,8 +20,7 @@ import torch
 
 from transcoderbench.evaluate import plan_downstream, prepare_runs, run_pass
 from transcoderbench.lm import load_language_model
-from transcoderbench.lm.capture import output_tensor
-from transcoderbench.lm.splice import clean_forward, find_head
+from transcoderbench.lm.splice import clean_forward, find_head, resume
 from transcoderbench.transcoders import MatryoshkaTranscoder
 from workload import add_workload_args, builtin_batches, set_threads
 
@@ -52,10 +51,7 @@ def floor_time(lm, batches, layer: int, n_variants: int) -> float:
         t0 = time.perf_counter()
         lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
         for _ in range(n_variants):
-            h = clean.block_outputs[layer]
-            for later in range(layer + 1, lm.n_layers):
-                args, kwargs = clean.block_calls[later]
-                h = output_tensor(lm.layers[later](h, *args, **kwargs))
+            h = resume(lm, clean, layer, clean.block_outputs[layer])
             head(h)
         total += time.perf_counter() - t0
     return total

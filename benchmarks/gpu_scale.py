@@ -42,9 +42,8 @@ from transcoderbench.config import BootstrapOptions, DataConfig, DownstreamConfi
 from transcoderbench.data import resolve_text_source, token_batches
 from transcoderbench.evaluate import evaluate_transcoders
 from transcoderbench.lm import LanguageModel, capture, resolve_site
-from transcoderbench.lm.capture import output_tensor
 from transcoderbench.lm.loading import find_decoder_layers
-from transcoderbench.lm.splice import clean_forward, find_head
+from transcoderbench.lm.splice import clean_forward, find_head, resume
 from transcoderbench.transcoders import JumpReLUTranscoder, MatryoshkaTranscoder, Transcoder
 
 CONFIG = Path(__file__).parent / "configs" / "gemma-2-2b.json"
@@ -180,10 +179,7 @@ def floor_per_token(lm: LanguageModel, batches: list, layer: int, n_variants: in
         t0 = time.perf_counter()
         lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
         for _ in range(n_variants):
-            h = clean.block_outputs[layer]
-            for later in range(layer + 1, lm.n_layers):
-                args, kwargs = clean.block_calls[later]
-                h = output_tensor(lm.layers[later](h, *args, **kwargs))
+            h = resume(lm, clean, layer, clean.block_outputs[layer])
             for rows in h.reshape(-1, h.shape[-1]).split(max(1, (1 << 26) // lm.model.config.vocab_size)):
                 torch.log_softmax(head(rows).float(), dim=-1)
         _sync(lm)
