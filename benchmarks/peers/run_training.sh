@@ -8,8 +8,7 @@ VENVS=${PEER_VENVS:-peer-venvs}
 PY=${PYTHON:-python}
 export PYTHONPATH=${PYTHONPATH:-$PWD/src}
 mkdir -p "$WORK"
-MODEL_DIR=$($PY -c "from transcoderbench.lm import load_language_model as l; print(l('smollm2-135m', device='cpu').name_or_path)" 2>/dev/null \
-  || echo "${TRANSCODERBENCH_CACHE:-$HOME/.cache/transcoderbench}/models/smollm2-135m")
+MODEL_DIR=$($PY benchmarks/peers/model_dir.py)
 $PY benchmarks/peers/make_tokens.py "$WORK/tokens.safetensors"
 
 # Ours: a TopK SAE on the same site and token count (our tokens are the ones make_tokens.py wrote),
