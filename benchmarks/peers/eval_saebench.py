@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import time
 
 START = time.perf_counter()
@@ -84,6 +85,9 @@ def absorption(args: argparse.Namespace) -> dict:
     config = AbsorptionEvalConfig(model_name="smollm2-135m", llm_batch_size=args.batch, llm_dtype="float32")
     if args.min_letters is not None:
         config.min_feats_for_eval = args.min_letters
+    # SAEBench caches the probe, its training activations and its word split inside its own package
+    # (sae_bench/artifacts/absorption) and reuses them whatever the vocabulary: start empty, as ours does.
+    shutil.rmtree(common.RESULTS_DIR, ignore_errors=True)
     os.makedirs(args.out, exist_ok=True)
     os.chdir(args.out)  # SAEBench writes its artifacts/ folder into the working directory
     t0 = time.perf_counter()
