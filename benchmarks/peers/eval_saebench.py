@@ -135,7 +135,7 @@ def main() -> None:
         "--min_letters",
         type=int,
         default=None,
-        help="smoke test only: SAEBench's min_feats_for_eval",
+        help="SAEBench's min_feats_for_eval (its default 20: with fewer letters passing its probe it reports nothing)",
     )
     args = ap.parse_args()
     out = core(args) if args.eval == "core" else absorption(args)

@@ -31,11 +31,9 @@ class RowStore:
     """What ``run_evals`` uses of an ``ActivationsStore``: consecutive token rows, rewound between passes."""
 
     def __init__(self, rows: torch.Tensor, batch: int) -> None:
-        self.rows, self.context_size, self.store_batch_size_prompts = (
-            rows,
-            rows.shape[1],
-            batch,
-        )
+        self.rows = rows
+        self.context_size = rows.shape[1]
+        self.store_batch_size_prompts = batch
         self.next = 0
 
     def get_batch_tokens(self, n: int) -> torch.Tensor:

@@ -4,7 +4,7 @@ SAELens and SAEBench run on TransformerLens models, and TransformerLens does not
 It does know the Llama architecture, so the config is filled in from the HF ``config.json`` the
 way TransformerLens fills it for Llama, and the weights go through its own ``convert_llama_weights``,
 without any folding or centring (``from_pretrained_no_processing``'s behaviour), so every hook
-sees what the HF model computes. ``check_against_hf`` prints the logit difference.
+sees what the HF model computes. ``check_against_hf`` returns the largest logit difference.
 
 Runs in the peer virtual environments (TransformerLens 3.x); imports nothing of transcoderbench.
 """
@@ -73,7 +73,8 @@ def hooked_model(model_dir: str, device: str = "cpu") -> tuple[HookedTransformer
 
 def _tokenizer(model_dir: Path) -> PreTrainedTokenizerFast:
     """The fast tokenizer with the folder's special tokens (transformers 5's ``TokenizersBackend``
-    class name in ``tokenizer_config.json`` is unknown to the 4.x these peers need). Saved to a
+    class name in ``tokenizer_config.json`` is unknown to transformers 4.x, which older
+    TransformerLens 3 releases pin). Saved to a
     temporary folder and read back, because TransformerLens reloads it by ``name_or_path``."""
     special = json.loads((model_dir / "tokenizer_config.json").read_text())
     names = ("bos_token", "eos_token", "pad_token", "unk_token")
